@@ -1,0 +1,52 @@
+"""The ``op4ksr`` command line: a thin layer over the library.
+
+Each command group lives in its own module with a ``register(app)`` function, so that the
+concerns (model, diagnostics, data, upscaling, training, evaluation) stay apart and every
+module imports its heavy dependencies only when its command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="op4ksr",
+    help="One-step, patch-free 4K image super-resolution (OP4KSR).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Order = order in `op4ksr --help`.
+_COMMAND_MODULES = (
+    "upscale_cmd",
+    "model_cmds",
+    "inspect_cmd",
+    "analyze_cmds",
+    "data_cmds",
+    "assets_cmd",
+    "train_cmd",
+    "bench_cmd",
+    "serve_cmd",
+)
+
+
+def _register_all() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"op4ksr.cli.{name}")
+        except ModuleNotFoundError as exc:
+            # A command module not written yet must not break the others.
+            if exc.name == f"op4ksr.cli.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,3 @@
+from op4ksr.cli import main
+
+main()

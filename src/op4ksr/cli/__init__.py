@@ -33,6 +33,18 @@ _COMMAND_MODULES = (
 )
 
 
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """One-step, patch-free 4K image super-resolution (OP4KSR)."""
+    if version:
+        from op4ksr import __version__
+
+        typer.echo(f"op4ksr {__version__}")
+        raise typer.Exit()
+
+
 def _register_all() -> None:
     for name in _COMMAND_MODULES:
         try:

@@ -1,0 +1,24 @@
+"""Small helpers shared by CLI modules (error exit, size parsing)."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one error line to stderr and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"4096x2160"`` → (4096, 2160); a clear error otherwise."""
+    try:
+        w, h = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        fail(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 4096x4096")
+    if w <= 0 or h <= 0:
+        fail(f"--size {text!r}: width and height must be positive")
+    return w, h

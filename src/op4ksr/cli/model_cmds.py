@@ -1,0 +1,69 @@
+"""`op4ksr info`: parameter counts, token grid, FLOPs and peak-memory estimate for an output size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from op4ksr.cli.common import fail, parse_size
+
+
+def info(
+    model: str = typer.Argument("compact", help="Preset name (ultraflux, compact, tiny) or model directory."),
+    size: str = typer.Option("4096x4096", "--size", help="Output size WxH."),
+    dtype: str = typer.Option("auto", "--dtype", help="fp32, bf16 or fp16 (auto: bf16 for ultraflux, else fp32)."),
+    batch: int = typer.Option(1, "--batch", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show parameter counts, token grid, FLOPs and estimated peak memory, without loading weights."""
+    import torch
+
+    from op4ksr.models.loading import ModelLoadError, meta_pipeline_from_dir
+    from op4ksr.models.planner import human_bytes
+    from op4ksr.models.presets import build_pipeline, list_presets
+    from op4ksr.utils.device import resolve_dtype
+
+    width, height = parse_size(size)
+    try:
+        if Path(model).is_dir():
+            pipe = meta_pipeline_from_dir(model)
+        elif model in list_presets():
+            pipe = build_pipeline(model, device="meta", seed=None)
+        else:
+            fail(f"{model}: neither a preset ({', '.join(list_presets())}) nor a model directory")
+    except ModelLoadError as exc:
+        fail(str(exc))
+    if dtype == "auto":
+        dtype = "bf16" if model == "ultraflux" else "fp32"
+    torch_dtype = resolve_dtype(dtype, torch.device("cpu"))
+    est = pipe.estimate(height, width, batch=batch, dtype=torch_dtype)
+    if as_json:
+        typer.echo(json.dumps({"model": model, **est.as_dict()}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"op4ksr info: {model} → {width}×{height} ({est.dtype}, batch {batch})", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    rows = [
+        ("VAE parameters", f"{est.vae_params:,} ({est.vae_params / 1e6:.1f} M)"),
+        ("DiT parameters", f"{est.dit_params:,} ({est.dit_params / 1e9:.3f} B)"),
+        ("token grid", f"{est.token_rows}×{est.token_cols} = {est.tokens:,} tokens (+{est.text_tokens} text)"),
+        ("DiT FLOPs", f"{est.dit_flops / 1e12:.1f} TFLOP (attention {est.dit_attention_flops / 1e12:.1f})"),
+        ("VAE FLOPs", f"{est.vae_flops / 1e12:.1f} TFLOP"),
+        ("weights", human_bytes(est.weights_bytes)),
+        ("peak memory (est.)", human_bytes(est.peak_bytes)),
+        ("  encode stage", human_bytes(est.encode_bytes)),
+        ("  DiT stage", human_bytes(est.dit_bytes)),
+        ("  decode stage", human_bytes(est.decode_bytes)),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    Console(width=max(100, Console().width)).print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info)

@@ -1,0 +1,189 @@
+"""Safe loading of op4ksr model directories and of real UltraFlux parts.
+
+A model directory is diffusers-like::
+
+    model_index.json            # part classes + the op4ksr config: sigma, scale, guidance
+    vae/config.json + diffusion_pytorch_model.safetensors
+    transformer/config.json + diffusion_pytorch_model.safetensors (or sharded + index)
+    prompt/config.json + diffusion_pytorch_model.safetensors
+
+Only safetensors are read. A directory holding any pickle-format weight file is refused (it
+could run code when loaded), and every error names the part and what is missing or mismatched.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from op4ksr.models.pipeline import OP4KSRPipeline
+from op4ksr.models.prompt import FixedPromptEmbeddings
+from op4ksr.models.transformer import OP4KSRTransformer
+from op4ksr.models.vae import F16AutoencoderKL
+from op4ksr.utils.device import resolve_device, resolve_dtype
+
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+PART_CLASSES = {"vae": F16AutoencoderKL, "transformer": OP4KSRTransformer, "prompt": FixedPromptEmbeddings}
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+DEFAULT_MODEL = "compact"
+
+
+class ModelLoadError(ValueError):
+    """A model directory cannot be loaded; the message names the part and the problem."""
+
+
+def bundled_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Directory of a model shipped inside the package (``op4ksr/weights/<name>``)."""
+    return Path(str(resources.files("op4ksr") / "weights" / name))
+
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """``None``/``"compact"`` → the bundled model; anything else must be an existing directory."""
+    if model is None or (isinstance(model, str) and model == DEFAULT_MODEL):
+        path = bundled_model_dir()
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{path}: the bundled compact model is not installed in this build of op4ksr; "
+                "pass --model DIR with a trained model directory"
+            )
+        return path
+    path = Path(model)
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: not a model directory (expected model_index.json, vae/, transformer/, prompt/)")
+    return path
+
+
+def refuse_pickles(directory: Path) -> None:
+    for file in sorted(directory.rglob("*")):
+        if file.is_file() and file.suffix.lower() in PICKLE_SUFFIXES:
+            raise ModelLoadError(
+                f"{file}: pickle-format weights are refused (loading them can run code); "
+                "convert them to safetensors"
+            )
+
+
+def read_state_dict(part_dir: Path) -> dict[str, torch.Tensor]:
+    """The safetensors state dict of one part, single-file or sharded."""
+    single, index = part_dir / WEIGHTS_NAME, part_dir / INDEX_NAME
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            if not (part_dir / shard).is_file():
+                raise ModelLoadError(f"{part_dir / shard}: shard listed in {INDEX_NAME} is missing")
+            state.update(load_file(str(part_dir / shard)))
+        return state
+    raise ModelLoadError(f"{part_dir}: no {WEIGHTS_NAME} (or sharded index) found")
+
+
+def load_part(part: str, part_dir: Path, cls=None, config_overrides: dict | None = None) -> torch.nn.Module:
+    """Build ``cls`` from ``part_dir/config.json`` on the meta device and assign its safetensors weights."""
+    cls = cls or PART_CLASSES[part]
+    config_file = part_dir / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{part_dir}: the {part!r} part has no config.json")
+    config = cls.load_config(str(part_dir))
+    config.update(config_overrides or {})
+    with torch.device("meta"):
+        module = cls.from_config(config)
+    state = read_state_dict(part_dir)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            k = mismatched[0]
+            details.append(f"{len(mismatched)} with wrong shape (e.g. {k}: file {tuple(state[k].shape)} "
+                           f"vs config {tuple(expected[k].shape)})")
+        raise ModelLoadError(f"{part_dir}: {part} weights do not match its config.json: " + "; ".join(details))
+    module.load_state_dict(state, strict=True, assign=True)
+    return module.eval().requires_grad_(False)
+
+
+def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu",
+                    dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
+    """Load an :class:`OP4KSRPipeline` saved with ``save_pretrained`` (safetensors only)."""
+    directory = Path(directory)
+    index_file = directory / "model_index.json"
+    if not index_file.is_file():
+        raise ModelLoadError(f"{directory}: no model_index.json; not an op4ksr model directory")
+    refuse_pickles(directory)
+    index = json.loads(index_file.read_text())
+    parts = {}
+    for part in PART_CLASSES:
+        if part not in index or not (directory / part).is_dir():
+            raise ModelLoadError(f"{directory}: the {part!r} part is missing")
+        parts[part] = load_part(part, directory / part)
+    options = {k: index[k] for k in ("sigma", "scale", "guidance") if k in index}
+    pipe = OP4KSRPipeline(**parts, **options)
+    return move_pipeline(pipe, device, dtype)
+
+
+def move_pipeline(pipe: OP4KSRPipeline, device: str | torch.device = "auto",
+                  dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
+    """Put every part on ``device`` in ``dtype`` (``None``: fp32 on CPU, bf16/fp16 on accelerators)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    for part in PART_CLASSES:
+        module = getattr(pipe, part)
+        # nn.Module.to directly: ModelMixin.to warns on every dtype cast
+        torch.nn.Module.to(module, device=device, dtype=dtype)
+    return pipe
+
+
+def meta_pipeline_from_dir(directory: str | Path) -> OP4KSRPipeline:
+    """The pipeline described by a model directory's configs, on the meta device (no weights read)."""
+    directory = Path(directory)
+    index_file = directory / "model_index.json"
+    if not index_file.is_file():
+        raise ModelLoadError(f"{directory}: no model_index.json; not an op4ksr model directory")
+    index = json.loads(index_file.read_text())
+    parts = {}
+    for part, cls in PART_CLASSES.items():
+        if not (directory / part / "config.json").is_file():
+            raise ModelLoadError(f"{directory}: the {part!r} part has no config.json")
+        with torch.device("meta"):
+            parts[part] = cls.from_config(cls.load_config(str(directory / part)))
+    options = {k: index[k] for k in ("sigma", "scale", "guidance") if k in index}
+    return OP4KSRPipeline(**parts, **options)
+
+
+def load_pipeline(model: str | Path | None = None, *, device: str | torch.device = "auto",
+                  dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
+    """The bundled compact model (``None``/``"compact"``) or a model directory, ready for inference."""
+    return from_pretrained(resolve_model_dir(model), device=device, dtype=dtype)
+
+
+def load_ultraflux_parts(vae_dir: str | Path, transformer_dir: str | Path, prompt_file: str | Path, *,
+                         sigma: float = 0.7, rope_theta: float = 100.0) -> OP4KSRPipeline:
+    """Assemble a pipeline from a real UltraFlux ``vae/`` and ``transformer/`` folder (unchanged
+    diffusers layout) plus a safetensors file with ``prompt_embeds`` and ``pooled_prompt_embeds``.
+    The transformer gets RFR's θ (default 100) regardless of its YaRN settings."""
+    vae_dir, transformer_dir = Path(vae_dir), Path(transformer_dir)
+    for d in (vae_dir, transformer_dir):
+        refuse_pickles(d)
+    vae = load_part("vae", vae_dir)
+    transformer = load_part("transformer", transformer_dir, config_overrides={"rope_theta": rope_theta})
+    embeds = load_file(str(prompt_file))
+    for key in ("prompt_embeds", "pooled_prompt_embeds"):
+        if key not in embeds:
+            raise ModelLoadError(f"{prompt_file}: missing tensor {key!r}")
+    pe, pooled = embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
+    prompt = FixedPromptEmbeddings(sequence_length=pe.shape[1], joint_attention_dim=pe.shape[2],
+                                   pooled_projection_dim=pooled.shape[-1])
+    prompt.load_state_dict({"prompt_embeds": pe.reshape(1, *pe.shape[-2:]),
+                            "pooled_prompt_embeds": pooled.reshape(1, -1)})
+    return OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, sigma=sigma)

@@ -1,0 +1,202 @@
+"""OP4KSRPipeline: LR image → one DiT step on the whole image → SR image (paper Sec. 3.1).
+
+    LR → bicubic ×scale → reflect-pad to a multiple of 32 → F16 encoder (posterior mode)
+       → normalise → pack 2×2 → z_σ at the mid timestep σ → ONE DiT call (fixed prompt)
+       → ẑ₀ = z_σ − σ·v → unpack → de-normalise → F16 decoder → crop → clamp.
+
+The DiT never tiles. ``tiled=True`` runs the OMGSR-style *baseline* that OP4KSR removes
+(latent tiles with overlap, Gaussian blending, the same position ids in every tile) so that the
+two can be compared with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+
+from op4ksr.models.flow import x0_from_velocity
+from op4ksr.models.packing import PATCH, image_ids, pack_latents, text_ids, unpack_latents
+from op4ksr.models.prompt import FixedPromptEmbeddings
+from op4ksr.models.transformer import OP4KSRTransformer
+from op4ksr.models.vae import F16AutoencoderKL
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """OMGSR's patch-based inference: latent tiles of 128 with overlap 64 (reference.md)."""
+
+    tile: int = 128  # latent pixels
+    overlap: int = 64
+    gaussian_sigma: float = 0.3  # of the tile size, for the blending weights
+
+
+class OP4KSRPipeline(DiffusionPipeline):
+    """One-step, patch-free super-resolution.
+
+    Args:
+        vae: the F16 VAE (encoder LoRA merged for inference; decoder frozen).
+        transformer: the Flux DiT with RFR (``rope_theta`` in its config).
+        prompt: the fixed prompt embeddings.
+        sigma: the mid timestep σ at which the LR latent is placed (σ = 1 − the paper's t).
+        scale: the native upscaling factor (4).
+        guidance: value fed to a guidance-distilled DiT (``guidance_embeds``); ignored otherwise.
+    """
+
+    model_cpu_offload_seq = "vae->transformer"
+
+    def __init__(self, vae: F16AutoencoderKL, transformer: OP4KSRTransformer, prompt: FixedPromptEmbeddings,
+                 sigma: float = 0.7, scale: int = 4, guidance: float = 1.0):
+        super().__init__()
+        if not 0.0 < float(sigma) <= 1.0:
+            raise ValueError(f"sigma must be in (0, 1], got {sigma}")
+        self.register_modules(vae=vae, transformer=transformer, prompt=prompt)
+        self.register_to_config(sigma=float(sigma), scale=int(scale), guidance=float(guidance))
+        latent_tokens_channels = vae.config.latent_channels * PATCH * PATCH
+        if transformer.config.in_channels != latent_tokens_channels:
+            raise ValueError(
+                f"transformer in_channels {transformer.config.in_channels} != 4 × VAE latent channels "
+                f"{vae.config.latent_channels}"
+            )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def sigma(self) -> float:
+        return float(self.config.sigma)
+
+    @property
+    def scale(self) -> int:
+        return int(self.config.scale)
+
+    @property
+    def pad_multiple(self) -> int:
+        """Output pixels per token side: VAE factor (16) × packing (2) = 32."""
+        return self.vae.spatial_factor * PATCH
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:  # type: ignore[override]
+        return next(self.transformer.parameters()).dtype
+
+    # ------------------------------------------------------------------ stages
+    def upsample_and_pad(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Bicubic ×scale, then pad right/bottom to a multiple of 32; returns the padded batch and (H, W)."""
+        x = F.interpolate(images, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
+        height, width = x.shape[-2:]
+        m = self.pad_multiple
+        ph, pw = (-height) % m, (-width) % m
+        if ph or pw:
+            # reflect needs the pad to be smaller than the side; tiny inputs fall back to replicate
+            mode = "reflect" if ph < height and pw < width else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        return x, (height, width)
+
+    def encode(self, images01: torch.Tensor) -> torch.Tensor:
+        """Images in [0,1] (already at the output size) → normalised latent (DiT space)."""
+        return self.vae.normalize(self.vae.encode_mode(images01))
+
+    def denoise(self, z_sigma: torch.Tensor) -> torch.Tensor:
+        """The single DiT step on a normalised latent [B, C, h, w] taken as z_σ: returns ẑ₀."""
+        b, _, h, w = z_sigma.shape
+        tokens = pack_latents(z_sigma)
+        velocity = self.velocity(tokens, h // PATCH, w // PATCH)
+        return unpack_latents(x0_from_velocity(tokens, velocity, self.sigma), h, w)
+
+    def velocity(self, tokens: torch.Tensor, rows: int, cols: int, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
+        """DiT velocity for packed tokens on a rows × cols grid (shared by inference and training)."""
+        b = tokens.shape[0]
+        device, dtype = tokens.device, tokens.dtype
+        sigma = self.sigma if sigma is None else sigma
+        timestep = sigma if isinstance(sigma, torch.Tensor) else torch.full((b,), float(sigma), device=device)
+        prompt_embeds, pooled = self.prompt(b)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((b,), float(self.config.guidance), device=device, dtype=dtype)
+        return self.transformer(
+            hidden_states=tokens,
+            encoder_hidden_states=prompt_embeds.to(dtype),
+            pooled_projections=pooled.to(dtype),
+            timestep=timestep.to(dtype),
+            img_ids=image_ids(rows, cols, device=device),
+            txt_ids=text_ids(prompt_embeds.shape[1], device=device),
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """Normalised latent → images in [0, 1] (not cropped)."""
+        return self.vae.decode_images(self.vae.denormalize(z0)).clamp_(0.0, 1.0)
+
+    def denoise_tiled(self, z_sigma: torch.Tensor, tiles: TileConfig = TileConfig()) -> torch.Tensor:
+        """The OMGSR-style baseline: overlapping latent tiles, each with ids starting at 0."""
+        b, c, h, w = z_sigma.shape
+        size = min(tiles.tile, h, w)
+        size -= size % PATCH
+        stride = max(size - tiles.overlap, PATCH)
+        tops = _tile_starts(h, size, stride)
+        lefts = _tile_starts(w, size, stride)
+        weight = _gaussian_window(size, tiles.gaussian_sigma, z_sigma.device, z_sigma.dtype)
+        out = torch.zeros_like(z_sigma)
+        norm = torch.zeros(1, 1, h, w, device=z_sigma.device, dtype=z_sigma.dtype)
+        for top in tops:
+            for left in lefts:
+                tile = z_sigma[:, :, top:top + size, left:left + size]
+                x0 = self.denoise(tile)
+                out[:, :, top:top + size, left:left + size] += x0 * weight
+                norm[:, :, top:top + size, left:left + size] += weight
+        return out / norm
+
+    # ------------------------------------------------------------------ call
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, *, tiled: bool = False, tiles: TileConfig = TileConfig(),
+                 check_memory: bool = True) -> torch.Tensor:
+        """Super-resolve a batch [B, 3, h, w] in [0, 1] → [B, 3, scale·h, scale·w] in [0, 1]."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a [B, 3, H, W] batch, got shape {tuple(images.shape)}")
+        b, _, h, w = images.shape
+        if check_memory:
+            self.check_fits(h * self.scale, w * self.scale, batch=b)
+        x, (height, width) = self.upsample_and_pad(images.to(self.device, self.dtype))
+        z = self.encode(x)
+        del x  # free the full-size input before the DiT: peak is the max of stages, not the sum
+        z0 = self.denoise_tiled(z, tiles) if tiled else self.denoise(z)
+        del z
+        return self.decode(z0)[..., :height, :width].float()
+
+    # ------------------------------------------------------------------ planning
+    def estimate(self, height: int, width: int, batch: int = 1, dtype: torch.dtype | None = None):
+        """Resource estimate for an output of ``height × width`` (see :mod:`op4ksr.models.planner`)."""
+        from op4ksr.models.planner import estimate_resources
+
+        return estimate_resources(self, height, width, batch=batch, dtype=dtype or self.dtype)
+
+    def check_fits(self, height: int, width: int, batch: int = 1) -> None:
+        """Raise :class:`~op4ksr.models.planner.MemoryPlanError` before allocating if it cannot fit."""
+        from op4ksr.models.planner import check_fits
+
+        check_fits(self.estimate(height, width, batch=batch), self.device)
+
+
+def _tile_starts(length: int, size: int, stride: int) -> list[int]:
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size, stride))
+    starts.append(length - size)
+    return sorted(set(starts))
+
+
+def _gaussian_window(size: int, rel_sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-0.5 * (coords / (rel_sigma * size)) ** 2)
+    return (g[:, None] * g[None, :]).to(dtype)[None, None]
+
+
+def tokens_for_output(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
+    """Token grid (rows, cols) for an output of height × width pixels."""
+    return math.ceil(height / multiple), math.ceil(width / multiple)

@@ -1,0 +1,198 @@
+"""Memory and compute planner: estimate before allocating, refuse early with the numbers.
+
+Estimates are analytic, from the model configs and the output size:
+- DiT FLOPs: 2·(matmul parameters)·tokens for the linear layers plus 4·L²·hidden per block for
+  attention (QKᵀ and AV), L = image + text tokens.
+- VAE FLOPs: every 3×3/1×1 convolution at the resolution it runs at (walked from the config).
+- Peak memory: weights + the largest stage's working set. A stage's working set is modelled as
+  a few of its largest activations alive at once (input, output, a GroupNorm temporary); the
+  constants are calibrated against measured peaks in ``benchmarks/speed.py`` (docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from op4ksr.models.packing import PATCH
+
+
+class MemoryPlanError(MemoryError):
+    """The planned work does not fit the device; the message holds the estimate and the options."""
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    height: int
+    width: int
+    batch: int
+    dtype: str
+    vae_params: int
+    dit_params: int
+    token_rows: int
+    token_cols: int
+    text_tokens: int
+    dit_flops: float
+    dit_attention_flops: float
+    vae_flops: float
+    weights_bytes: int
+    encode_bytes: int
+    dit_bytes: int
+    decode_bytes: int
+
+    @property
+    def tokens(self) -> int:
+        return self.token_rows * self.token_cols
+
+    @property
+    def total_flops(self) -> float:
+        return self.dit_flops + self.vae_flops
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.weights_bytes + max(self.encode_bytes, self.dit_bytes, self.decode_bytes)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(tokens=self.tokens, total_flops=self.total_flops, peak_bytes=self.peak_bytes)
+        return d
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _dit_linear_params(transformer: torch.nn.Module) -> tuple[int, int]:
+    """(parameters applied per image token, per text token) in the DiT's matmuls."""
+    cfg = transformer.config
+    hidden = cfg.num_attention_heads * cfg.attention_head_dim
+    # double block: per stream q,k,v,o (4h²) + MLP 4h→ (8h²); single block: qkv (3h²) + mlp (4h²) + out (5h²)
+    double_stream = 4 * hidden * hidden + 8 * hidden * hidden
+    single = 3 * hidden * hidden + 4 * hidden * hidden + 5 * hidden * hidden
+    per_image = cfg.num_layers * double_stream + cfg.num_single_layers * single + cfg.in_channels * hidden * 2
+    per_text = cfg.num_layers * double_stream + cfg.num_single_layers * single + cfg.joint_attention_dim * hidden
+    return per_image, per_text
+
+
+def _vae_conv_flops(vae_cfg, height: int, width: int) -> tuple[float, float, int, int]:
+    """(encoder FLOPs, decoder FLOPs, largest encoder activation numel, largest decoder activation numel)."""
+    ch = list(vae_cfg.block_out_channels)
+    lpb = vae_cfg.layers_per_block
+    stride = vae_cfg.stride
+    conv = lambda cin, cout, px, k=9: 2.0 * cin * cout * k * px  # noqa: E731
+    # encoder
+    h, w = height // stride, width // stride
+    enc = conv(3, ch[0], h * w)
+    enc_max = ch[0] * h * w
+    cin = ch[0]
+    for i, c in enumerate(ch):
+        for _ in range(lpb):
+            enc += conv(cin, c, h * w) + conv(c, c, h * w) + (conv(cin, c, h * w, 1) if cin != c else 0)
+            enc_max = max(enc_max, max(cin, c) * h * w)
+            cin = c
+        if i < len(ch) - 1:
+            h, w = h // 2, w // 2
+            enc += conv(c, c, h * w)
+    enc += 2 * conv(ch[-1], ch[-1], h * w) * 2  # mid block resnets
+    if vae_cfg.mid_block_add_attention:
+        n = h * w
+        enc += 4.0 * n * n * ch[-1] + 8.0 * n * ch[-1] ** 2
+    enc += conv(ch[-1], 2 * vae_cfg.latent_channels, h * w)
+    # decoder (mirror, layers_per_block + 1 resnets, final nearest ×2 conv at full size)
+    lh, lw = h, w
+    dec = conv(vae_cfg.latent_channels, ch[-1], lh * lw) + 2 * conv(ch[-1], ch[-1], lh * lw) * 2
+    if vae_cfg.mid_block_add_attention:
+        n = lh * lw
+        dec += 4.0 * n * n * ch[-1] + 8.0 * n * ch[-1] ** 2
+    dec_max = ch[-1] * lh * lw
+    cin = ch[-1]
+    for i, c in enumerate(reversed(ch)):
+        for _ in range(lpb + 1):
+            dec += conv(cin, c, lh * lw) + conv(c, c, lh * lw) + (conv(cin, c, lh * lw, 1) if cin != c else 0)
+            dec_max = max(dec_max, max(cin, c) * lh * lw)
+            cin = c
+        if i < len(ch) - 1:
+            lh, lw = lh * 2, lw * 2
+            dec += conv(c, c, lh * lw)
+            dec_max = max(dec_max, c * lh * lw)
+    if stride == 2:
+        dec += conv(ch[0], vae_cfg.out_channels, 4 * lh * lw)
+    else:
+        dec += conv(ch[0], vae_cfg.out_channels, lh * lw)
+    return enc, dec, enc_max, dec_max
+
+
+# Working-set multipliers (number of largest-activation-sized tensors alive at once), calibrated
+# on CPU fp32 in benchmarks/speed.py; see docs/PERFORMANCE.md for measured vs estimated.
+ENCODE_LIVE_TENSORS = 4.0
+DECODE_LIVE_TENSORS = 4.0
+DIT_LIVE_TENSORS = 12.0  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
+
+
+def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
+                       dtype: torch.dtype = torch.float32) -> ResourceEstimate:
+    """Estimate parameters, FLOPs and peak memory for an output of ``height × width``."""
+    m = pipe.pad_multiple
+    ph, pw = math.ceil(height / m) * m, math.ceil(width / m) * m
+    rows, cols = ph // m, pw // m
+    tcfg = pipe.transformer.config
+    text = pipe.prompt.config.sequence_length
+    hidden = tcfg.num_attention_heads * tcfg.attention_head_dim
+    per_image, per_text = _dit_linear_params(pipe.transformer)
+    tokens = rows * cols
+    seq = tokens + text
+    blocks = tcfg.num_layers + tcfg.num_single_layers
+    attention = 4.0 * seq * seq * hidden * blocks
+    dit_flops = batch * (2.0 * (per_image * tokens + per_text * text) + attention)
+    enc, dec, enc_max, dec_max = _vae_conv_flops(pipe.vae.config, ph, pw)
+    elem = torch.tensor([], dtype=dtype).element_size()
+    vae_params, dit_params = _numel(pipe.vae), _numel(pipe.transformer) + _numel(pipe.prompt)
+    input_bytes = batch * 3 * ph * pw * elem
+    encode_bytes = input_bytes + int(ENCODE_LIVE_TENSORS * batch * enc_max * elem)
+    # SDPA (flash/efficient kernels on CPU and CUDA) keeps attention memory linear in L.
+    dit_bytes = int(DIT_LIVE_TENSORS * batch * seq * max(hidden * 4, 1) * elem)
+    decode_bytes = int(DECODE_LIVE_TENSORS * batch * dec_max * elem) + batch * 3 * ph * pw * 4
+    return ResourceEstimate(
+        height=height, width=width, batch=batch, dtype=str(dtype).replace("torch.", ""),
+        vae_params=vae_params, dit_params=dit_params, token_rows=rows, token_cols=cols, text_tokens=text,
+        dit_flops=dit_flops, dit_attention_flops=batch * attention, vae_flops=batch * (enc + dec),
+        weights_bytes=(vae_params + dit_params) * elem,
+        encode_bytes=encode_bytes, dit_bytes=dit_bytes, decode_bytes=decode_bytes,
+    )
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on ``device`` (CUDA: free device memory; else available system RAM)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "meta":
+        return 1 << 62
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil is a core dependency
+        pages = __import__("os").sysconf("SC_AVPHYS_PAGES")
+        return int(pages * __import__("os").sysconf("SC_PAGE_SIZE"))
+
+
+def check_fits(estimate: ResourceEstimate, device: torch.device, *, headroom: float = 0.9) -> None:
+    """Raise :class:`MemoryPlanError` if the estimated peak exceeds ``headroom`` × free memory."""
+    free = available_bytes(device)
+    need = estimate.peak_bytes - estimate.weights_bytes  # weights are already resident
+    if need > headroom * free:
+        raise MemoryPlanError(
+            f"{estimate.width}×{estimate.height} output needs ~{need / 2**30:.1f} GiB on {device} "
+            f"but ~{free / 2**30:.1f} GiB is free; use a smaller input, a smaller --scale, or another device"
+        )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

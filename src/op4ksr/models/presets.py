@@ -1,0 +1,134 @@
+"""Named model presets (timm-style registry): ``ultraflux``, ``compact``, ``tiny``.
+
+A preset is plain constructor arguments for the three parts plus the pipeline's σ/scale. A new
+variant is a few lines with :func:`register_preset`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+_DOWN = ("DownEncoderBlock2D",) * 4
+_UP = ("UpDecoderBlock2D",) * 4
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    description: str
+    vae: dict[str, Any]
+    transformer: dict[str, Any]
+    prompt: dict[str, Any]
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+
+_PRESETS: dict[str, ModelPreset] = {}
+
+
+def register_preset(preset: ModelPreset) -> ModelPreset:
+    if preset.name in _PRESETS:
+        raise ValueError(f"preset {preset.name!r} already registered")
+    _PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> ModelPreset:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(list_presets())}") from None
+
+
+def list_presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+# The exact full-size configuration (reference.md): FLUX.1 VAE widths at F16, and the FLUX.1
+# DiT (19 double + 38 single blocks, 24 × 128 heads, T5 4096 / CLIP 768, guidance-distilled).
+register_preset(ModelPreset(
+    name="ultraflux",
+    description="UltraFlux-size OP4KSR: F16 VAE (FLUX.1 widths) + 11.9 B-parameter Flux DiT, θ=100",
+    vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
+             norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159, down_block_types=_DOWN,
+             up_block_types=_UP, use_quant_conv=False, use_post_quant_conv=False, stride=2,
+             mid_block_add_attention=True),
+    transformer=dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                     num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                     guidance_embeds=True, axes_dims_rope=(16, 56, 56), rope_theta=100.0),
+    prompt=dict(sequence_length=512, joint_attention_dim=4096, pooled_projection_dim=768),
+    # σ = 1 − t_mid with the paper's t_mid = 0.3 read literally (see models/flow.py).
+    pipeline=dict(sigma=0.7, scale=4, guidance=1.0),
+))
+
+# Same structure, sized so that 1024→4096 runs in about a minute on a 2-core CPU (docs/PERFORMANCE.md).
+# No mid-block attention in the VAE: at 4K its 65,536-pixel self-attention alone would cost
+# ~2 TFLOP. Head dim 64 split (8, 28, 28) keeps RoPE's 28-dim row/col axes of the full model
+# halved; θ = 100 as in OP4KSR.
+register_preset(ModelPreset(
+    name="compact",
+    description="Compact OP4KSR for CPUs: small F16 VAE + 4-block Flux DiT (hidden 256), θ=100",
+    vae=dict(block_out_channels=(16, 32, 64, 128), layers_per_block=1, latent_channels=16,
+             norm_num_groups=8, scaling_factor=1.0, shift_factor=0.0, down_block_types=_DOWN,
+             up_block_types=_UP, use_quant_conv=False, use_post_quant_conv=False, stride=2,
+             mid_block_add_attention=False),
+    transformer=dict(in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=64,
+                     num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64,
+                     guidance_embeds=False, axes_dims_rope=(8, 28, 28), rope_theta=100.0),
+    prompt=dict(sequence_length=8, joint_attention_dim=64, pooled_projection_dim=64),
+    pipeline=dict(sigma=0.5, scale=4, guidance=1.0),
+))
+
+# For tests: every code path, seconds on a CPU.
+register_preset(ModelPreset(
+    name="tiny",
+    description="Test-size OP4KSR (random weights unless trained)",
+    vae=dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+             scaling_factor=1.0, shift_factor=0.0, down_block_types=_DOWN, up_block_types=_UP,
+             use_quant_conv=False, use_post_quant_conv=False, stride=2, mid_block_add_attention=True),
+    transformer=dict(in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                     num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
+                     guidance_embeds=False, axes_dims_rope=(4, 6, 6), rope_theta=100.0),
+    prompt=dict(sequence_length=4, joint_attention_dim=16, pooled_projection_dim=16),
+    pipeline=dict(sigma=0.5, scale=4, guidance=1.0),
+))
+
+
+def build_pipeline(name: str, *, seed: int | None = 0, device: str | torch.device = "cpu",
+                   overrides: dict[str, dict[str, Any]] | None = None):
+    """A pipeline of preset ``name`` with freshly initialised weights.
+
+    ``device="meta"`` allocates nothing (for planning the full-size model). ``overrides`` maps a
+    part (``vae``, ``transformer``, ``prompt``, ``pipeline``) to config values that replace the
+    preset's, e.g. ``{"transformer": {"rope_theta": 10000}}``.
+    """
+    from op4ksr.models.pipeline import OP4KSRPipeline
+    from op4ksr.models.prompt import FixedPromptEmbeddings
+    from op4ksr.models.transformer import OP4KSRTransformer
+    from op4ksr.models.vae import F16AutoencoderKL
+
+    preset = get_preset(name)
+    overrides = overrides or {}
+    unknown = set(overrides) - {"vae", "transformer", "prompt", "pipeline"}
+    if unknown:
+        raise KeyError(f"unknown override part(s) {sorted(unknown)}")
+    cfg = {part: {**getattr(preset, part), **overrides.get(part, {})}
+           for part in ("vae", "transformer", "prompt", "pipeline")}
+    device = torch.device(device)
+    rng = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
+    with rng, torch.device(device):
+        if seed is not None:
+            torch.manual_seed(seed)
+        vae = F16AutoencoderKL(**cfg["vae"])
+        transformer = OP4KSRTransformer(**cfg["transformer"])
+        prompt = FixedPromptEmbeddings(**cfg["prompt"])
+        if device.type != "meta":
+            # A fixed prompt of small random values, like real text embeddings are never all-zero.
+            prompt.prompt_embeds.data.normal_(0.0, 0.02)
+            prompt.pooled_prompt_embeds.data.normal_(0.0, 0.02)
+    for part in (vae, transformer, prompt):
+        part.eval()  # inference behaviour by default; the trainer switches what it trains
+    return OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, **cfg["pipeline"])

@@ -1,1 +1,3 @@
-"""data"""
+"""Data for OP4KSR: Real-ESRGAN degradations (``degradations``, presets in ``presets/``),
+training datasets (``datasets``), three-stage curation (``curation``, ``quality``, ``vlm``,
+``aesthetic``) and benchmark suites (``bench_suites``). See docs/DATA.md."""

@@ -1,0 +1,202 @@
+"""Data commands: ``degrade``, ``curate``, ``make-bench``. Thin wrappers over ``op4ksr.data``."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+_SRC_HELP = "Image files or folders (searched recursively)."
+
+
+class Suite(str, Enum):
+    syn = "syn"
+    realsquare = "realsquare"
+    realvary = "realvary"
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _progress():
+    """A rich progress bar with count, rate and ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):  # type: ignore[override]
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f}/s" if speed else "–/s")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                    RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+
+
+def degrade(
+    hr: list[Path] = typer.Argument(..., help=_SRC_HELP),
+    out: Path = typer.Option(..., "--out", help="Folder for the LR PNGs and degradations.jsonl."),
+    scale: int = typer.Option(4, help="Downscaling factor."),
+    preset: str = typer.Option("osediff", help="Preset name (osediff, s3diff) or a .toml file."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical LR."),
+    overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+) -> None:
+    """Make LR images from HR images with the Real-ESRGAN second-order degradation."""
+    import hashlib
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from op4ksr.data.bench_suites import derive_seed, png_bytes
+    from op4ksr.data.degradations import DegradationPipeline
+    from op4ksr.data.imageio import UnreadableImage, find_images, read_rgb
+    from op4ksr.utils.atomic import atomic_write_bytes, atomic_write_text
+
+    try:
+        pipe = DegradationPipeline.from_preset(preset, scale=scale)
+        paths = find_images(list(hr))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    records, failed = [], 0
+    with _progress() as progress:
+        task = progress.add_task("degrade", total=len(paths))
+        for path in paths:
+            target = out / f"{path.stem}.png"
+            try:
+                img = read_rgb(path)
+                tensor = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None].float() / 255
+                # The seed mixes in the content hash so each image gets its own draw but the
+                # result does not depend on which other files were listed.
+                lr, record = pipe.degrade_one(tensor, derive_seed(seed, hashlib.sha256(path.read_bytes()).hexdigest()))
+                arr = (lr[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+                atomic_write_bytes(target, png_bytes(Image.fromarray(arr, "RGB")), overwrite=overwrite)
+                records.append({"source": str(path), "lr": target.name, **record.to_dict()})
+            except (UnreadableImage, ValueError, FileExistsError) as exc:
+                progress.console.print(f"[red]{path}: {exc}[/red]")
+                failed += 1
+            progress.advance(task)
+    if records:
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        try:
+            atomic_write_text(out / "degradations.jsonl", text, overwrite=overwrite)
+        except FileExistsError as exc:
+            _fail(str(exc))
+    typer.echo(f"{len(records)} LR images written to {out}" + (f"; {failed} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def curate(
+    src: list[Path] = typer.Argument(..., help=_SRC_HELP),
+    out: Path = typer.Option(..., "--out", help="Manifest (.jsonl). Progress is kept beside it for resuming."),
+    keep_fraction: float = typer.Option(0.5, help="Stage (i): fraction kept by the GLCM/entropy aggregate."),
+    min_laplacian_var: float = typer.Option(20.0, help="Stage (i): reject below this Laplacian variance."),
+    min_sobel_energy: float = typer.Option(1.0, help="Stage (i): reject below this mean Sobel magnitude."),
+    max_blur: float = typer.Option(0.6, help="Stage (ii): reject above this blur estimate (0 sharp .. 1)."),
+    max_noise: float = typer.Option(10.0, help="Stage (ii): reject above this noise sigma (grey levels)."),
+    scorer: list[str] = typer.Option([], help="Stage (ii) plug-in 'module:factory?key=value' (repeatable)."),
+    min_score: list[str] = typer.Option([], help="Minimum for a plug-in score, NAME=VALUE (repeatable)."),
+    aesthetic_mlp: Path | None = typer.Option(None, help="LAION aesthetic head (.safetensors)."),
+    aesthetic_clip: Path | None = typer.Option(None, help="Local CLIP ViT-L/14 folder for the aesthetic head."),
+    vlm_url: str | None = typer.Option(None, help="Stage (iii): OpenAI-compatible API base, e.g. http://host:8000/v1."),
+    vlm_model: str = typer.Option("Qwen/Qwen3-VL-8B-Instruct", help="Stage (iii) model name."),
+    vlm_prompt: Path | None = typer.Option(None, help="Stage (iii): file with a custom prompt."),
+    vlm_timeout: float = typer.Option(60.0, help="Seconds per VLM request."),
+    vlm_retries: int = typer.Option(2, help="Extra attempts per image."),
+    vlm_concurrency: int = typer.Option(4, help="VLM requests in flight."),
+    vlm_min_score: float = typer.Option(6.0, help="Keep images whose mean VLM score is at least this."),
+    workers: int | None = typer.Option(None, help="Process-pool size (default: all CPUs)."),
+    ray: str | None = typer.Option(None, "--ray", help="Run on Ray Data: 'auto', 'local' or a cluster address."),
+    overwrite: bool = typer.Option(False, help="Replace a manifest this tool did not make."),
+) -> None:
+    """Curate photos in three stages into a JSONL manifest (resumable)."""
+    from dataclasses import replace
+
+    from op4ksr.data.aesthetic import ScorerSpec
+    from op4ksr.data.curation import CurationConfig
+    from op4ksr.data.curation import curate as run_curation
+    from op4ksr.data.vlm import DEFAULT_PROMPT, VLMConfig
+
+    try:
+        specs = [ScorerSpec.parse(s) for s in scorer]
+        if aesthetic_mlp is not None:
+            kwargs = (("mlp", str(aesthetic_mlp)),) + ((("clip", str(aesthetic_clip)),) if aesthetic_clip else ())
+            specs.append(ScorerSpec("op4ksr.data.aesthetic:LaionAesthetic", kwargs))
+        minimums = tuple((k, float(v)) for k, v in (m.split("=", 1) for m in min_score))
+    except ValueError as exc:
+        _fail(f"bad --scorer/--min-score: {exc}")
+    vlm = None
+    if vlm_url:
+        prompt = vlm_prompt.read_text(encoding="utf-8") if vlm_prompt else DEFAULT_PROMPT
+        vlm = VLMConfig(url=vlm_url, model=vlm_model, prompt=prompt, timeout_s=vlm_timeout, retries=vlm_retries,
+                        concurrency=vlm_concurrency, min_score=vlm_min_score)
+    config = replace(CurationConfig(), keep_fraction=keep_fraction, min_laplacian_var=min_laplacian_var,
+                     min_sobel_energy=min_sobel_energy, max_blur=max_blur, max_noise_sigma=max_noise,
+                     scorers=tuple(specs), min_scores=minimums, vlm=vlm)
+
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task({"score": "score files", "vlm": "VLM"}[phase], total=total)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        try:
+            result = run_curation(list(src), out, config, workers=workers, ray_address=ray, overwrite=overwrite,
+                                  on_progress=on_progress)
+        except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
+            progress.stop()
+            _fail(str(exc))
+    rejected = len(result.rows) - result.kept
+    unreadable = sum(r["stage"] == 0 for r in result.rows)
+    state = "written" if result.manifest_written else "unchanged"
+    typer.echo(f"{out}: {state}; {len(result.rows)} files, {result.kept} kept, {rejected} rejected "
+               f"({unreadable} unreadable); scored {result.scored} now, {result.vlm_requests} VLM requests")
+
+
+def make_bench(
+    suite: Suite = typer.Argument(..., help="syn, realsquare or realvary."),
+    src: list[Path] = typer.Argument(..., help=_SRC_HELP),
+    out: Path = typer.Option(..., "--out", help="Output folder (manifest.json, hr/, lr/)."),
+    long_side: int = typer.Option(4096, help="syn: HR longer side."),
+    size: int = typer.Option(1024, help="realsquare: side; realvary: longer edge."),
+    scale: int = typer.Option(4, help="syn: HR/LR factor."),
+    preset: str = typer.Option("osediff", help="syn: degradation preset or .toml."),
+    seed: int = typer.Option(0, help="syn: degradation seed."),
+    overwrite: bool = typer.Option(False, help="Rebuild over an existing suite."),
+) -> None:
+    """Build a benchmark suite with a sha256 manifest; rebuilding gives identical files."""
+    from op4ksr.data.bench_suites import BenchConfig, build_suite
+
+    config = BenchConfig(long_side=long_side, size=size, scale=scale, preset=preset, seed=seed)
+    with _progress() as progress:
+        task = progress.add_task(f"make-bench {suite.value}", total=None)
+        try:
+            result = build_suite(suite.value, list(src), out, config, overwrite=overwrite,
+                                 on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+        except (FileNotFoundError, FileExistsError, ValueError) as exc:
+            progress.stop()
+            _fail(str(exc))
+    for s in result.skipped:
+        typer.echo(f"skipped {s['source']}: {s['reason']}", err=True)
+    typer.echo(f"{result.manifest}: {len(result.entries)} images, {len(result.skipped)} skipped")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("degrade")(degrade)
+    app.command("curate")(curate)
+    app.command("make-bench")(make_bench)

@@ -1,0 +1,243 @@
+"""Training configuration: dataclasses read from TOML, checked strictly before any work.
+
+Unknown keys, wrong types and missing data paths are reported as one clear error naming the
+key (``ConfigError``). Command-line overrides use dotted keys: ``optim.lr=1e-4``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("vae", "prior", "sr")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any work starts."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/unnamed"
+    seed: int = 0
+    max_steps: int = 1000
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 500
+    validate_every: int = 500
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    device: str = "auto"  # auto | cpu (accelerate picks the GPU of each process)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "compact"
+    init: str = ""  # a previous stage's exported model directory (prior: the VAE; sr: the prior)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # part → config values
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # folders, files, globs or curation manifests (.jsonl)
+    val: list[str] = field(default_factory=list)
+    crop_size: int = 256
+    degradation: str = "osediff"  # preset name or .toml path (sr stage)
+    num_workers: int = 0
+    val_images: int = 4
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2.5e-5
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 100
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    disc_lr: float = 1e-4
+
+
+@dataclass
+class LossConfig:
+    """Loss weights; 0 switches a term off. ``lpips_net`` picks the perceptual backbone."""
+
+    mse: float = 1.0
+    l1: float = 0.0
+    lpips: float = 1.0
+    lpips_net: str = "vgg16"  # vgg16 (paper) | alexnet (cheaper on CPU)
+    wavelet: float = 0.0
+    adversarial: float = 0.0
+    adversarial_start: int = 0  # step at which the adversarial term switches on
+    periodicity: float = 0.0  # L_AP
+    vae_align: float = 5.0  # L_vae (sr stage)
+    kl: float = 1e-6  # vae stage
+
+
+@dataclass
+class SRConfig:
+    sigma: float = 0.0  # 0 = keep the pipeline's σ
+    rope_theta: float = 100.0  # 10000 reproduces the unrescaled baseline (Table 6)
+    lora_rank: int = 64
+    lora_alpha: int = 64
+    train_vae_encoder: bool = True
+    train_dit: bool = True
+
+
+@dataclass
+class PriorConfig:
+    sigma_sampling: str = "logit_normal"  # logit_normal | uniform
+    learn_prompt: bool = True
+    latent_stats_batches: int = 8  # batches used to set the VAE's scaling/shift factors
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "sr"
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sr: SRConfig = field(default_factory=SRConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(annotation)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {annotation}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"[{prefix}] " if prefix else ""
+        raise ConfigError(f"{where}unknown key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a [{key}] table")
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare strings: run.output_dir=runs/x
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                check_paths: bool = True) -> TrainConfig:
+    """Read a TOML file (or defaults), apply ``KEY=VALUE`` overrides, validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a table")
+        node[keys[-1]] = value
+    config = _build(TrainConfig, data, "")
+    validate(config, check_paths=check_paths)
+    return config
+
+
+def validate(config: TrainConfig, check_paths: bool = True) -> None:
+    from op4ksr.models.presets import list_presets
+
+    if config.stage not in STAGES:
+        raise ConfigError(f"stage: {config.stage!r} is not one of {', '.join(STAGES)}")
+    if config.model.preset not in list_presets():
+        raise ConfigError(f"model.preset: unknown preset {config.model.preset!r}; known: {', '.join(list_presets())}")
+    if config.run.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"run.mixed_precision: {config.run.mixed_precision!r} is not no, fp16 or bf16")
+    if config.loss.lpips_net not in ("vgg16", "alexnet"):
+        raise ConfigError(f"loss.lpips_net: {config.loss.lpips_net!r} is not vgg16 or alexnet")
+    if config.prior.sigma_sampling not in ("logit_normal", "uniform"):
+        raise ConfigError(f"prior.sigma_sampling: {config.prior.sigma_sampling!r} is not logit_normal or uniform")
+    for name in ("max_steps", "checkpoint_every", "validate_every", "log_every"):
+        if getattr(config.run, name) <= 0:
+            raise ConfigError(f"run.{name}: must be positive")
+    if config.optim.batch_size <= 0 or config.optim.grad_accum <= 0:
+        raise ConfigError("optim.batch_size and optim.grad_accum must be positive")
+    if config.data.crop_size % 32:
+        raise ConfigError(f"data.crop_size: {config.data.crop_size} must be a multiple of 32 (one DiT token)")
+    if config.loss.periodicity > 0 and config.data.crop_size // 2 <= 40:
+        raise ConfigError(f"data.crop_size: {config.data.crop_size} is too small for the periodicity loss "
+                          "(its 2×2 blocks must be larger than the largest lag, 40 px): use ≥ 96")
+    if not 0.0 <= config.sr.sigma <= 1.0:
+        raise ConfigError(f"sr.sigma: {config.sr.sigma} must be in [0, 1] (0 = the pipeline's own)")
+    if config.stage in ("prior", "sr") and not config.model.init:
+        raise ConfigError(f"model.init: the {config.stage} stage needs the previous stage's model directory")
+    if not check_paths:
+        return
+    if not config.data.train:
+        raise ConfigError("data.train: no training data given")
+    for key in ("train", "val"):
+        for src in getattr(config.data, key):
+            if any(ch in src for ch in "*?["):
+                continue
+            if not Path(src).exists():
+                raise ConfigError(f"data.{key}: {src}: no such file or folder")
+    if config.model.init and not Path(config.model.init).is_dir():
+        raise ConfigError(f"model.init: {config.model.init}: no such model directory")

@@ -1,0 +1,299 @@
+"""The three training stages, each an ``nn.Module`` whose ``forward(batch, generator)`` returns
+``(loss, logs)`` so that accelerate/DDP can wrap it like any model.
+
+- ``vae``: train the F16 VAE (reconstruction + perceptual + KL, optional GAN). Needed only where
+  no pretrained VAE exists (the compact model).
+- ``prior``: train the DiT as a rectified-flow prior on the frozen VAE's latents (and learn the
+  fixed prompt embeddings); sets the VAE's latent scaling/shift from data first.
+- ``sr``: OP4KSR itself (paper Sec. 3, Fig. 4): LoRA on the VAE encoder and the DiT, frozen
+  decoder, frozen encoder copy for z_HR; L_vae + image losses + L_AP; RFR by ``sr.rope_theta``.
+
+Every stage exports a complete op4ksr model directory, so each stage's output feeds the next by
+path (``model.init``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from op4ksr.losses.combined import ImageLosses
+from op4ksr.models.flow import noisy_latent, velocity_target
+from op4ksr.models.packing import PATCH, pack_latents
+from op4ksr.models.pipeline import OP4KSRPipeline
+from op4ksr.train.config import TrainConfig
+
+
+def _image_losses(cfg: TrainConfig) -> ImageLosses:
+    lc = cfg.loss
+    return ImageLosses(mse=lc.mse, l1=lc.l1, lpips=lc.lpips, lpips_net=lc.lpips_net, wavelet=lc.wavelet,
+                       periodicity=lc.periodicity)
+
+
+def _load_init(cfg: TrainConfig) -> OP4KSRPipeline:
+    from op4ksr.models.loading import from_pretrained
+
+    return from_pretrained(cfg.model.init, device="cpu", dtype=torch.float32)
+
+
+class Stage(nn.Module):
+    """Common interface. Subclasses set ``self.pipe`` and implement ``forward``/``sample``."""
+
+    name = "stage"
+    pipe: OP4KSRPipeline
+    discriminator: nn.Module | None = None
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.trainable_state_dict()) - set(state))
+        if missing:
+            raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+        self.load_state_dict(state, strict=False)
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able state beyond the weights (e.g. latent statistics) for checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def fake_for_discriminator(self) -> torch.Tensor | None:
+        return getattr(self, "_last_fake", None)
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Validation outputs: ``{"pred": images, "target": images}`` (stage-specific)."""
+        raise NotImplementedError
+
+    def export(self, directory: Path) -> Path:
+        raise NotImplementedError
+
+
+class VAEStage(Stage):
+    name = "vae"
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        from op4ksr.models.presets import build_pipeline
+
+        if cfg.model.init:
+            self.pipe = _load_init(cfg)
+        else:
+            self.pipe = build_pipeline(cfg.model.preset, seed=cfg.run.seed, overrides=cfg.model.overrides)
+        self.vae = self.pipe.vae.train().requires_grad_(True)
+        self.pipe.transformer.requires_grad_(False)
+        self.pipe.prompt.requires_grad_(False)
+        self.losses = _image_losses(cfg)
+        self.kl_weight = cfg.loss.kl
+        if cfg.run.gradient_checkpointing:
+            self.vae.enable_gradient_checkpointing()
+        if cfg.loss.adversarial > 0:
+            from op4ksr.losses.adversarial import PatchDiscriminator
+
+            self.discriminator = PatchDiscriminator()
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        hr = batch["hr"]
+        posterior = self.vae.encode(hr * 2 - 1).latent_dist
+        z = posterior.sample(generator=generator)
+        rec = (self.vae.decode(z).sample + 1) / 2
+        loss, logs = self.losses(rec, hr)
+        kl = posterior.kl().mean()
+        logs["kl"] = float(kl.detach())
+        self._last_fake = rec
+        return loss + self.kl_weight * kl, logs
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        hr = batch["hr"]
+        return {"pred": self.vae.decode_images(self.vae.encode_mode(hr)).clamp(0, 1), "target": hr}
+
+    def export(self, directory: Path) -> Path:
+        self.vae.eval()
+        self.pipe.save_pretrained(directory)
+        _write_training_note(directory, "vae", trained=["vae"])
+        return directory
+
+
+class PriorStage(Stage):
+    name = "prior"
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.pipe = _load_init(cfg)
+        self.vae = self.pipe.vae.eval().requires_grad_(False)  # a child, so .to(device) moves it
+        overrides = cfg.model.overrides.get("transformer", {})
+        if "rope_theta" in overrides:
+            self.pipe.transformer.set_rope_theta(float(overrides["rope_theta"]))
+        self.transformer = self.pipe.transformer.train().requires_grad_(True)
+        self.prompt = self.pipe.prompt.requires_grad_(cfg.prior.learn_prompt)
+        if cfg.run.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self.sampling = cfg.prior.sigma_sampling
+        self.stats_batches = cfg.prior.latent_stats_batches
+        self.latent_stats: dict[str, float] | None = None
+
+    def set_latent_stats(self, batches: list[torch.Tensor]) -> dict[str, float]:
+        """Set the VAE's shift/scale so that normalised latents have zero mean and unit std."""
+        with torch.no_grad():
+            z = torch.cat([self.pipe.vae.encode_mode(b) for b in batches])
+        mean, std = float(z.mean()), float(z.std())
+        self.load_extra_state({"latent_shift": mean, "latent_scale": 1.0 / max(std, 1e-6)})
+        return self.latent_stats  # type: ignore[return-value]
+
+    def extra_state(self) -> dict[str, Any]:
+        return dict(self.latent_stats or {})
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "latent_shift" in state:
+            self.latent_stats = {"latent_shift": state["latent_shift"], "latent_scale": state["latent_scale"]}
+            self.pipe.vae.register_to_config(shift_factor=state["latent_shift"], scaling_factor=state["latent_scale"])
+
+    def _sigmas(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        if self.sampling == "uniform":
+            return torch.rand(n, generator=generator, device=device)
+        return torch.sigmoid(torch.randn(n, generator=generator, device=device))  # logit-normal(0, 1)
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        hr = batch["hr"]
+        with torch.no_grad():
+            z0 = self.pipe.vae.normalize(self.pipe.vae.encode_mode(hr))
+        b, _, h, w = z0.shape
+        sigma = self._sigmas(b, generator, z0.device)
+        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        z_sigma = noisy_latent(z0, noise, sigma)
+        v = self.pipe.velocity(pack_latents(z_sigma), h // PATCH, w // PATCH, sigma=sigma)
+        loss = F.mse_loss(v.float(), pack_latents(velocity_target(z0, noise)).float())
+        return loss, {"flow_mse": float(loss.detach())}
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One-step reconstruction of HR latents noised to the pipeline's σ (fixed noise)."""
+        hr = batch["hr"]
+        z0 = self.pipe.vae.normalize(self.pipe.vae.encode_mode(hr))
+        gen = torch.Generator(device=z0.device).manual_seed(0)
+        noise = torch.randn(z0.shape, generator=gen, device=z0.device, dtype=z0.dtype)
+        pred = self.pipe.decode(self.pipe.denoise(noisy_latent(z0, noise, self.pipe.sigma)))
+        return {"pred": pred, "target": hr}
+
+    def export(self, directory: Path) -> Path:
+        self.transformer.eval()
+        self.pipe.prompt.requires_grad_(False)
+        self.pipe.save_pretrained(directory)
+        _write_training_note(directory, "prior", trained=["transformer", "prompt"], extra=self.extra_state())
+        return directory
+
+
+class SRStage(Stage):
+    """OP4KSR's one-step SR fine-tuning (paper Fig. 4)."""
+
+    name = "sr"
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        from op4ksr.models.lora import DIT_TARGETS, VAE_ENCODER_TARGETS, LoraSettings, add_lora
+
+        self.pipe = _load_init(cfg)
+        if cfg.sr.sigma > 0:
+            self.pipe.register_to_config(sigma=float(cfg.sr.sigma))
+        self.pipe.transformer.set_rope_theta(cfg.sr.rope_theta)  # RFR (or the θ=10000 baseline)
+        # z_HR comes from a frozen copy of the *original* encoder (OMGSR's L_vae target).
+        self.frozen_vae = copy.deepcopy(self.pipe.vae).eval().requires_grad_(False)
+        self.pipe.vae.eval().requires_grad_(False)  # decoder frozen; only LoRA below trains
+        self.pipe.transformer.eval().requires_grad_(False)
+        self.pipe.prompt.requires_grad_(False)
+        settings = LoraSettings(rank=cfg.sr.lora_rank, alpha=cfg.sr.lora_alpha)
+        self.adapted: dict[str, list[str]] = {}
+        if cfg.sr.train_vae_encoder:
+            self.adapted["vae"] = add_lora(self.pipe.vae, VAE_ENCODER_TARGETS, settings)
+        if cfg.sr.train_dit:
+            self.adapted["transformer"] = add_lora(self.pipe.transformer, DIT_TARGETS, settings)
+        # Register the parts as children so DDP/accelerate see the LoRA parameters.
+        self.vae = self.pipe.vae
+        self.transformer = self.pipe.transformer
+        self.prompt = self.pipe.prompt
+        if cfg.run.gradient_checkpointing:
+            self.vae.enable_gradient_checkpointing()
+            self.transformer.enable_gradient_checkpointing()
+        self.losses = _image_losses(cfg)
+        self.vae_align = cfg.loss.vae_align
+        if cfg.loss.adversarial > 0:
+            from op4ksr.losses.adversarial import PatchDiscriminator
+
+            self.discriminator = PatchDiscriminator()
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        hr, lr = batch["hr"], batch["lr"]
+        sigma = self.pipe.sigma
+        x, _ = self.pipe.upsample_and_pad(lr)
+        z_lr = self.pipe.encode(x)  # E_LoRA(LR), taken as z_σ
+        with torch.no_grad():
+            z_hr = self.frozen_vae.normalize(self.frozen_vae.encode_mode(hr))
+        noise = torch.randn(z_hr.shape, generator=generator, device=z_hr.device, dtype=z_hr.dtype)
+        l_vae = F.mse_loss(z_lr, noisy_latent(z_hr, noise, sigma))
+        z0 = self.pipe.denoise(z_lr)
+        sr = self.pipe.vae.decode_images(self.pipe.vae.denormalize(z0))[..., : hr.shape[-2], : hr.shape[-1]]
+        loss, logs = self.losses(sr, hr)
+        logs["vae_align"] = float(l_vae.detach())
+        self._last_fake = sr
+        return loss + self.vae_align * l_vae, logs
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        hr, lr = batch["hr"], batch["lr"]
+        x, (h, w) = self.pipe.upsample_and_pad(lr)
+        pred = self.pipe.decode(self.pipe.denoise(self.pipe.encode(x)))[..., :h, :w]
+        return {"pred": pred, "target": hr, "bicubic": x[..., :h, :w]}
+
+    def export(self, directory: Path) -> Path:
+        from op4ksr.models.lora import merge_lora, save_lora
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        adapters = directory.parent / f"{directory.name}-lora"
+        adapters.mkdir(parents=True, exist_ok=True)
+        pipe = copy.deepcopy(self.pipe)
+        for part in self.adapted:
+            save_lora(getattr(pipe, part), adapters / f"{part}_lora.safetensors")
+            merge_lora(getattr(pipe, part))
+        pipe.save_pretrained(directory)
+        _write_training_note(directory, "sr", trained=sorted(self.adapted))
+        return directory
+
+
+def _write_training_note(directory: Path, stage: str, trained: list[str], extra: dict | None = None) -> None:
+    note = {"stage": stage, "trained_parts": trained, **(extra or {})}
+    (Path(directory) / "training.json").write_text(json.dumps(note, indent=1))
+
+
+STAGE_CLASSES: dict[str, type[Stage]] = {"vae": VAEStage, "prior": PriorStage, "sr": SRStage}
+
+
+def build_stage(cfg: TrainConfig) -> Stage:
+    return STAGE_CLASSES[cfg.stage](cfg)
+
+
+def warmup_lambda(warmup_steps: int):
+    """Linear warm-up to the base learning rate, then constant."""
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / max(1, warmup_steps))
+
+    return factor
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    mse = float(F.mse_loss(pred.clamp(0, 1), target))
+    return 10 * math.log10(1.0 / max(mse, 1e-12))

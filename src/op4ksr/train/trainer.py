@@ -1,0 +1,344 @@
+"""The training loop on accelerate: CPU, one GPU, or many through ``accelerate launch`` (DDP).
+
+Exact resume: the data order is a pure function of (seed, epoch, position); the noise
+generator, torch/numpy/python RNG, optimizer and scheduler are checkpointed (safetensors), so a
+run stopped at step k and resumed ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from op4ksr.train.checkpoint import (
+    checkpoint_dir,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from op4ksr.train.config import TrainConfig
+from op4ksr.train.stages import Stage, build_stage, warmup_lambda
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps_done: int
+    final_step: int
+    interrupted: bool
+    wall_seconds: float
+    model_dir: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+ProgressCallback = Callable[[int, int, dict[str, float]], None]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _make_dataset(cfg: TrainConfig, scale: int, *, train: bool):
+    from op4ksr.data.datasets import DatasetConfig, PairedImageDataset
+
+    sources = cfg.data.train if train else cfg.data.val
+    dataset = PairedImageDataset(sources, DatasetConfig(
+        crop_size=cfg.data.crop_size, scale=scale, train=train,
+        preset=cfg.data.degradation if cfg.stage == "sr" else None, seed=cfg.run.seed,
+    ))
+    if train and len(dataset) == 0:
+        skipped = "; ".join(f"{p}: {why}" for p, why in dataset.skipped[:3])
+        raise ValueError(f"data.train: no usable training images (crop {cfg.data.crop_size})" + (f" — {skipped}" if skipped else ""))
+    return dataset
+
+
+def _micro_batches(dataset, *, batch_size: int, seed: int, start: int, rank: int, world: int,
+                   num_workers: int) -> Iterator[dict[str, Any]]:
+    """Micro-batch ``start``, ``start+1``, … as a pure function of the index (resumable).
+
+    Each epoch is a seeded permutation; micro-batch m takes the slice for (m, rank).
+    """
+    from torch.utils.data import DataLoader
+
+    per_epoch = max(1, len(dataset) // (batch_size * world))
+    m = start
+    while True:
+        epoch, pos = divmod(m, per_epoch)
+        perm = np.random.default_rng([seed, epoch]).permutation(len(dataset))
+        if len(perm) < batch_size * world:  # tiny datasets: repeat within the epoch
+            perm = np.resize(perm, batch_size * world)
+        batches = []
+        for p in range(pos, per_epoch):
+            lo = (p * world + rank) * batch_size
+            batches.append(perm[lo:lo + batch_size].tolist())
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+        for batch in loader:
+            yield batch
+            m += 1
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT → finish the current step, checkpoint, return."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001
+        self.stop = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback | None = None,
+          stop_at_step: int | None = None) -> TrainResult:
+    """Run (or resume) the stage described by ``cfg``; export the model when ``max_steps`` is reached.
+
+    ``stop_at_step`` ends the run early *as if interrupted* (checkpoint written, no export): used to
+    test exact resume.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    out = Path(cfg.run.output_dir)
+    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cfg.run.device == "cpu")
+    set_seed(cfg.run.seed)
+    _seed_everything(cfg.run.seed)
+    stage = build_stage(cfg).to(accelerator.device)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    dataset = _make_dataset(cfg, stage.pipe.scale, train=True)
+    val_dataset = _make_dataset(cfg, stage.pipe.scale, train=False) if cfg.data.val else None
+
+    params = stage.trainable_parameters()
+    if not params:
+        raise ValueError(f"stage {cfg.stage}: nothing to train (check sr.train_vae_encoder / sr.train_dit)")
+    oc = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=oc.lr, betas=(oc.beta1, oc.beta2), weight_decay=oc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(oc.warmup_steps))
+    optimizers: dict[str, torch.optim.Optimizer] = {"model": optimizer}
+    schedulers: dict[str, Any] = {"model": scheduler}
+    disc_optimizer = None
+    if stage.discriminator is not None:
+        disc_optimizer = torch.optim.AdamW(stage.discriminator.parameters(), lr=oc.disc_lr, betas=(0.5, 0.999))
+        optimizers["discriminator"] = disc_optimizer
+
+    generator = torch.Generator(device=accelerator.device).manual_seed(cfg.run.seed * 1009 + rank)
+    step = 0
+    checkpoints = list_checkpoints(out) if resume else []
+    if resume and not checkpoints:
+        raise FileNotFoundError(f"{out}: --resume given but no checkpoint found under {out / 'checkpoints'}")
+    if checkpoints:
+        step, model_state, state = load_checkpoint(checkpoints[-1], optimizers=optimizers, schedulers=schedulers,
+                                                   generator=generator)
+        stage.load_extra_state(state.get("stage", {}))
+        stage.load_trainable_state_dict(model_state)
+    elif cfg.stage == "prior":
+        stats_batches = [b["hr"] for _, b in zip(range(cfg.prior.latent_stats_batches),
+                                                   _micro_batches(dataset, batch_size=oc.batch_size, seed=cfg.run.seed + 7,
+                                                                  start=0, rank=0, world=1, num_workers=0))]
+        stage.set_latent_stats(stats_batches)
+
+    model, optimizer = accelerator.prepare(stage, optimizer)
+    device = accelerator.device
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    log_file = out / "log.jsonl"
+    writer = _tensorboard(out) if accelerator.is_main_process else None
+    history: list[dict[str, Any]] = []
+    batches = _micro_batches(dataset, batch_size=oc.batch_size, seed=cfg.run.seed, start=step * oc.grad_accum,
+                             rank=rank, world=world, num_workers=cfg.data.num_workers)
+    first_step = step
+    interrupted = False
+    last_ckpt = step
+
+    def checkpoint(at: int) -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_checkpoint(checkpoint_dir(out, at), step=at, model_state=stage.trainable_state_dict(),
+                            optimizers=optimizers, schedulers=schedulers, generator=generator,
+                            extra={"stage": stage.extra_state(), "stage_name": cfg.stage})
+            prune_checkpoints(out, cfg.run.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    with _StopFlag() as flag:
+        while step < cfg.run.max_steps:
+            model.train()
+            logs_acc: dict[str, float] = {}
+            total = 0.0
+            for micro in range(oc.grad_accum):
+                batch = _to_device(next(batches), device)
+                sync = micro == oc.grad_accum - 1
+                ctx = accelerator.no_sync(model) if not sync and world > 1 else _nullcontext()
+                with ctx, accelerator.autocast():
+                    loss, logs = model(batch, generator)
+                    if disc_optimizer is not None and step >= cfg.loss.adversarial_start:
+                        from op4ksr.losses.adversarial import generator_hinge_loss
+
+                        fake = stage.fake_for_discriminator()
+                        adv = generator_hinge_loss(stage.discriminator(fake))
+                        loss = loss + cfg.loss.adversarial * adv
+                        logs["adversarial"] = float(adv.detach())
+                    accelerator.backward(loss / oc.grad_accum)
+                total += float(loss.detach()) / oc.grad_accum
+                for k, v in logs.items():
+                    logs_acc[k] = logs_acc.get(k, 0.0) + v / oc.grad_accum
+            if oc.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, oc.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if disc_optimizer is not None and step >= cfg.loss.adversarial_start:
+                _discriminator_step(stage, batch, disc_optimizer)
+            step += 1
+            record = {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0], **logs_acc}
+            history.append(record)
+            if accelerator.is_main_process and (step % cfg.run.log_every == 0 or step == cfg.run.max_steps):
+                with open(log_file, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for k, v in record.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+            if progress is not None and accelerator.is_main_process:
+                progress(step, cfg.run.max_steps, record)
+            if val_dataset is not None and step % cfg.run.validate_every == 0 and accelerator.is_main_process:
+                metrics = validate(stage, val_dataset, out / "samples" / f"step-{step:07d}", cfg.data.val_images)
+                with open(log_file, "a") as fh:
+                    fh.write(json.dumps({"step": step, "validation": metrics}) + "\n")
+                if writer is not None:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"val/{k}", v, step)
+            if step % cfg.run.checkpoint_every == 0 and step < cfg.run.max_steps:
+                checkpoint(step)
+                last_ckpt = step
+            if flag.stop or (stop_at_step is not None and step >= stop_at_step):
+                interrupted = True
+                break
+    if writer is not None:
+        writer.close()
+    model_dir = None
+    if interrupted:
+        if last_ckpt != step:
+            checkpoint(step)
+    else:
+        checkpoint(step)
+        if accelerator.is_main_process:
+            model_dir = stage.export(out / "model")
+            _append_timing(out, cfg, first_step, step, time.perf_counter() - started)
+        accelerator.wait_for_everyone()
+    return TrainResult(output_dir=out, steps_done=step - first_step, final_step=step, interrupted=interrupted,
+                       wall_seconds=time.perf_counter() - started, model_dir=model_dir, history=history)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _discriminator_step(stage: Stage, batch: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    from op4ksr.losses.adversarial import discriminator_hinge_loss
+
+    fake = stage.fake_for_discriminator()
+    if fake is None:
+        return
+    disc = stage.discriminator
+    loss = discriminator_hinge_loss(disc(batch["hr"]), disc(fake.detach()))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is part of the [train] extra; logs still go to log.jsonl
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def _append_timing(out: Path, cfg: TrainConfig, first: int, last: int, seconds: float) -> None:
+    entry = {"stage": cfg.stage, "steps": [first, last], "wall_seconds": round(seconds, 1),
+             "device": str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"}
+    with open(out / "timing.jsonl", "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+@torch.no_grad()
+def validate(stage: Stage, dataset, sample_dir: Path, max_images: int) -> dict[str, float]:
+    """PSNR-Y, LPIPS (if its asset is present) and the grid score on fixed crops; writes sample PNGs."""
+    from op4ksr.eval.metrics import create_metric
+
+    was_training = stage.training
+    stage.eval()
+    device = next(stage.parameters()).device
+    psnr_y = create_metric("psnr_y")
+    try:
+        lpips = create_metric("lpips")
+    except Exception:  # noqa: BLE001 - asset missing: validation goes on without it
+        lpips = None
+    try:
+        from op4ksr.eval.diagnostics.inspector import grid_score
+    except ImportError:  # pragma: no cover
+        grid_score = None
+    sums: dict[str, float] = {}
+    n = 0
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(min(max_images, len(dataset))):
+        item = dataset[i]
+        batch = {k: v.unsqueeze(0).to(device) if isinstance(v, torch.Tensor) else v for k, v in item.items()}
+        out = stage.sample(batch)
+        pred, target = out["pred"].float().clamp(0, 1).cpu(), out["target"].float().cpu()
+        values = {"psnr_y": float(psnr_y(pred, target))}
+        if lpips is not None:
+            values["lpips"] = float(lpips(pred, target))
+        if grid_score is not None:
+            values["grid_score"] = float(grid_score(pred[0]))
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+        _save_sample(sample_dir / f"{i:02d}.png", [out.get("bicubic"), pred, target])
+    if was_training:
+        stage.train()
+    return {k: v / max(n, 1) for k, v in sums.items() if not math.isnan(v)}
+
+
+def _save_sample(path: Path, images: list[torch.Tensor | None]) -> None:
+    from PIL import Image
+
+    tiles = [img[0].float().clamp(0, 1).cpu() for img in images if img is not None]
+    row = torch.cat(tiles, dim=-1)
+    array = (row.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(array).save(path)

@@ -22,6 +22,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; outputs get the usual permissions (0666 minus the umask).
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -41,6 +43,16 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask() can only set it, racing other
+    threads); 0o022 where /proc is not available."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:

@@ -1,0 +1,385 @@
+"""Batch planning and running for ``op4ksr upscale``: inputs → work items → per-file results.
+
+Planning happens before any model is loaded or any pixel decoded: inputs are collected (files,
+folders, globs), output names chosen (``<out>/<mirrored subfolder>/<stem><suffix>.<ext>``),
+and collisions or outputs that would land on an input are refused as a whole. Existing outputs
+are skipped or reported according to the policy; nothing is ever overwritten unless asked.
+
+Running is one function per file (:func:`process_item`) that never raises for a bad file: it
+returns a :class:`FileResult` whose ``reason`` is one line. The local loop, the Ray path and a
+web server all call it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from op4ksr.io.images import (
+    DEFAULT_MAX_PIXELS,
+    FORMAT_SUFFIX,
+    ImageError,
+    normalise_format,
+)
+
+REPORT_SCHEMA = "op4ksr.upscale/1"
+EXISTING_POLICIES = ("fail", "skip", "overwrite")
+# Formats Pillow may lack a registered extension for, but which we can read when a plugin is present.
+_EXTRA_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl"})
+
+
+class PlanError(ValueError):
+    """The batch cannot start; ``problems`` are one line each (nothing has been done)."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class BatchOptions:
+    """Everything ``op4ksr upscale`` decides per run (the CLI flags, one to one)."""
+
+    out_dir: Path = Path("upscaled")
+    scale: int = 4
+    fmt: str = "png"
+    quality: int | None = None
+    suffix: str | None = None  # None → "_x<scale>"
+    recursive: bool = False
+    existing: str = "fail"  # "fail" | "skip" | "overwrite"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    tiled: bool = False
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.fmt = normalise_format(self.fmt)
+        if self.existing not in EXISTING_POLICIES:
+            raise ValueError(f"existing must be one of {EXISTING_POLICIES}, got {self.existing!r}")
+        if self.quality is not None and not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be 1–100, got {self.quality}")
+
+    @property
+    def name_suffix(self) -> str:
+        return f"_x{self.scale}" if self.suffix is None else self.suffix
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    source: Path
+    output: Path
+    label: str  # the input as the user would recognise it
+
+
+@dataclass
+class FileResult:
+    """One line of the report (see docs/UPSCALE.md for the JSON schema)."""
+
+    input: str
+    output: str | None
+    status: str  # "done" | "skipped" | "failed"
+    reason: str | None = None
+    input_size: tuple[int, int] | None = None
+    output_size: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input_size"] = list(self.input_size) if self.input_size else None
+        out["output_size"] = list(self.output_size) if self.output_size else None
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FileResult:
+        sizes = {k: tuple(raw[k]) if raw.get(k) else None for k in ("input_size", "output_size")}
+        return cls(**{**raw, **sizes, "notes": list(raw.get("notes") or [])})
+
+
+@dataclass
+class BatchPlan:
+    items: list[WorkItem]
+    preflight: list[FileResult]  # skipped/failed during planning, before any work
+    stale_temps: list[Path]  # leftovers of an interrupted earlier run, for our outputs only
+
+
+@dataclass
+class BatchReport:
+    results: list[FileResult]
+    stale_temps_removed: int = 0
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "total": len(self.results),
+            "done": self.count("done"),
+            "skipped": self.count("skipped"),
+            "failed": self.count("failed"),
+            "stale_temps_removed": self.stale_temps_removed,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def to_json_dict(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "schema": REPORT_SCHEMA,
+            **(meta or {}),
+            "summary": self.summary(),
+            "files": [r.to_dict() for r in self.results],
+        }
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+def image_suffixes() -> frozenset[str]:
+    """File extensions treated as images when scanning folders and globs."""
+    from PIL import Image
+
+    return frozenset(Image.registered_extensions()) | _EXTRA_IMAGE_SUFFIXES
+
+
+def _key(path: Path) -> str:
+    return os.path.normcase(str(path.resolve()))
+
+
+def _is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of ``pattern`` before the first wildcard (kept out of mirrored names)."""
+    parts = Path(pattern).parts
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+@dataclass(frozen=True)
+class _Found:
+    source: Path
+    subdir: Path  # mirrored below the output folder
+    label: str
+
+
+def collect_inputs(
+    inputs: Sequence[str | os.PathLike], *, recursive: bool, exclude: Path | None = None
+) -> tuple[list[_Found], list[FileResult]]:
+    """Expand files, folders and globs; returns (found, results for missing/non-image entries).
+
+    In folders and globs, hidden entries (``.DS_Store``, our own ``.*.part.*`` temps) are
+    ignored, files with a non-image extension are reported as skipped, and ``exclude`` (the
+    output folder) is never entered. A file named explicitly is always tried.
+    """
+    suffixes = image_suffixes()
+    exclude_key = _key(exclude) if exclude is not None else None
+    found: list[_Found] = []
+    results: list[FileResult] = []
+    seen: set[str] = set()
+
+    def add(path: Path, base: Path | None, label: str, explicit: bool) -> None:
+        key = _key(path)
+        if key in seen:
+            return
+        if not explicit:
+            if exclude_key is not None and (key == exclude_key or key.startswith(exclude_key + os.sep)):
+                return
+            rel = path.relative_to(base) if base is not None else Path(path.name)
+            if _is_hidden(rel):
+                return
+            if path.suffix.lower() not in suffixes:
+                results.append(FileResult(label, None, "skipped", "not an image file type"))
+                seen.add(key)
+                return
+        seen.add(key)
+        subdir = path.parent.relative_to(base) if base is not None else Path()
+        found.append(_Found(path, subdir, label))
+
+    for raw in inputs:
+        arg = os.fspath(raw)
+        path = Path(arg)
+        if path.is_dir():
+            entries = path.rglob("*") if recursive else path.iterdir()
+            for entry in sorted(entries):
+                if entry.is_file():
+                    add(entry, path, str(entry), explicit=False)
+        elif path.is_file():
+            add(path, None, arg, explicit=True)
+        elif glob.has_magic(arg):
+            base = _glob_base(arg)
+            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True)) if Path(m).is_file()]
+            if not matches:
+                results.append(FileResult(arg, None, "failed", "no files match this pattern"))
+            for match in matches:
+                add(match, base, str(match), explicit=False)
+        else:
+            results.append(FileResult(arg, None, "failed", "no such file or folder"))
+    return found, results
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def output_path(found_source: Path, subdir: Path, options: BatchOptions) -> Path:
+    """``<out_dir>/<subdir>/<stem><suffix>.<ext>``."""
+    name = f"{found_source.stem}{options.name_suffix}{FORMAT_SUFFIX[options.fmt]}"
+    return options.out_dir / subdir / name
+
+
+def stale_temps_for(output: Path) -> list[Path]:
+    """Temporaries ``atomic_path`` left for ``output`` (``.<stem>.*.part<ext>``) after a kill."""
+    if not output.parent.is_dir():
+        return []
+    pattern = f".{glob.escape(output.stem)}.*.part{glob.escape(output.suffix)}"
+    return sorted(p for p in output.parent.glob(pattern) if p.is_file())
+
+
+def plan_batch(inputs: Sequence[str | os.PathLike], options: BatchOptions) -> BatchPlan:
+    """Collect inputs and choose outputs; raise :class:`PlanError` before any work on conflicts."""
+    found, preflight = collect_inputs(inputs, recursive=options.recursive, exclude=options.out_dir)
+    input_keys = {_key(f.source): f.label for f in found}
+    by_output: dict[str, list[_Found]] = {}
+    outputs: dict[str, Path] = {}
+    for f in found:
+        out = output_path(f.source, f.subdir, options)
+        key = _key(out)
+        by_output.setdefault(key, []).append(f)
+        outputs[key] = out
+    problems: list[str] = []
+    out_key = _key(options.out_dir)
+    for raw in inputs:
+        if Path(raw).is_dir() and _key(Path(raw)) == out_key:
+            problems.append(f"{raw}: the output folder is this input folder; choose another -o")
+    for key, group in by_output.items():
+        if len(group) > 1:
+            names = ", ".join(g.label for g in group)
+            problems.append(f"{outputs[key]}: {len(group)} inputs would write this output ({names}); use --suffix or separate runs")
+        if key in input_keys:
+            problems.append(f"{outputs[key]}: output would overwrite the input {input_keys[key]}")
+    if problems:
+        raise PlanError(problems)
+
+    items: list[WorkItem] = []
+    stale: list[Path] = []
+    for key, group in by_output.items():
+        f, out = group[0], outputs[key]
+        stale.extend(stale_temps_for(out))
+        if out.is_dir():
+            preflight.append(FileResult(f.label, str(out), "failed", "output path is a folder"))
+        elif out.exists() and options.existing == "skip":
+            preflight.append(FileResult(f.label, str(out), "skipped", "output exists"))
+        elif out.exists() and options.existing == "fail":
+            preflight.append(
+                FileResult(f.label, str(out), "failed", "output exists (use --overwrite or --skip-existing)")
+            )
+        else:
+            items.append(WorkItem(f.source, out, f.label))
+    return BatchPlan(items, preflight, stale)
+
+
+def remove_stale_temps(plan: BatchPlan) -> int:
+    """Delete the leftovers found while planning; returns how many were removed."""
+    removed = 0
+    for path in plan.stale_temps:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def process_item(upscaler: Any, item: WorkItem, options: BatchOptions) -> FileResult:
+    """Upscale one file; every failure becomes a one-line ``reason`` (the batch goes on).
+
+    KeyboardInterrupt is not caught: the atomic write removes its temporary file and the
+    whole run stops.
+    """
+    from op4ksr.api import memory_plan_error
+
+    start = time.perf_counter()
+    plan_error = memory_plan_error()
+
+    def failed(reason: str) -> FileResult:
+        return FileResult(item.label, str(item.output), "failed", reason, seconds=time.perf_counter() - start)
+
+    try:
+        outcome = upscaler.upscale_file(
+            item.source,
+            item.output,
+            scale=options.scale,
+            fmt=options.fmt,
+            quality=options.quality,
+            overwrite=options.existing == "overwrite",
+            tiled=options.tiled,
+            max_pixels=options.max_pixels,
+        )
+    except ImageError as exc:
+        return failed(exc.reason)
+    except FileExistsError:
+        return failed("output exists (use --overwrite or --skip-existing)")
+    except plan_error as exc:
+        return failed(f"too large for this device: {_first_line(exc)}")
+    except MemoryError:
+        return failed("out of host memory")
+    except OSError as exc:
+        return failed(f"cannot write output ({_first_line(exc)})")
+    except Exception as exc:  # a bad file must not stop the batch  # noqa: BLE001
+        return failed(f"{type(exc).__name__}: {_first_line(exc)}")
+    # Success only once the file is really there (users have been told "done" for no file).
+    if not item.output.is_file() or item.output.stat().st_size == 0:
+        return failed("output missing after write")
+    return FileResult(
+        item.label,
+        str(item.output),
+        "done",
+        None,
+        outcome.input_size,
+        outcome.output_size,
+        outcome.notes,
+        time.perf_counter() - start,
+    )
+
+
+def run_batch(
+    plan: BatchPlan,
+    process: Callable[[WorkItem], FileResult],
+    *,
+    on_result: Callable[[FileResult], None] | None = None,
+) -> BatchReport:
+    """Run ``process`` over the plan's items (stale temps removed first); collect the report."""
+    start = time.perf_counter()
+    removed = remove_stale_temps(plan)
+    results = list(plan.preflight)
+    for item in plan.items:
+        result = process(item)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return BatchReport(results, removed, time.perf_counter() - start)
+
+
+def report_from_results(plan: BatchPlan, results: Iterable[FileResult], removed: int, seconds: float) -> BatchReport:
+    """Assemble a report from results computed elsewhere (the Ray path)."""
+    return BatchReport([*plan.preflight, *results], removed, seconds)

@@ -1,0 +1,195 @@
+"""`op4ksr upscale`: mixed batches, JSON report, exit codes, no partial files, kill safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import op4ksr.api
+from op4ksr.cli import app
+from op4ksr.io.testing import InterpolationPipeline, write_bad_files
+
+
+@pytest.fixture
+def fake_model(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Replace model loading by a bicubic stand-in; records which model was asked for."""
+    asked: list[str | None] = []
+
+    def load(model=None, **kwargs):
+        asked.append(model)
+        return InterpolationPipeline()
+
+    monkeypatch.setattr(op4ksr.api, "load_model", load)
+    return asked
+
+
+def _photo(path: Path, size: tuple[int, int] = (20, 12)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(path.name))
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _partials(*folders: Path) -> list[Path]:
+    return [p for folder in folders for p in folder.rglob("*") if ".part" in p.name]
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(app, ["upscale", *args])
+
+
+def test_mixed_batch_good_done_bad_named_nothing_overwritten(tmp_path: Path, fake_model) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    reasons = write_bad_files(src)
+    _photo(src / "good.png")
+    _photo(src / "ünïcødé фото.jpg")
+    _photo(src / "kept.png")
+    out.mkdir()
+    (out / "kept_x4.png").write_bytes(b"an earlier result")  # must survive untouched
+    result = _run([str(src), "-o", str(out), "--json"])
+
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["schema"] == "op4ksr.upscale/1"
+    assert report["summary"] == {**report["summary"], "done": 2, "failed": len(reasons) + 1, "skipped": 0}
+    files = {Path(f["input"]).name: f for f in report["files"]}
+    for name, fragment in reasons.items():
+        assert files[name]["status"] == "failed" and fragment in files[name]["reason"]
+        assert f"error: {src / name}: {files[name]['reason']}" in result.stderr
+    assert files["kept.png"]["reason"] == "output exists (use --overwrite or --skip-existing)"
+    assert files["good.png"]["output_size"] == [80, 48]
+    assert Image.open(out / "ünïcødé фото_x4.png").size == (80, 48)
+    assert (out / "kept_x4.png").read_bytes() == b"an earlier result"
+    assert sorted(p.name for p in out.iterdir()) == ["good_x4.png", "kept_x4.png", "ünïcødé фото_x4.png"]
+    assert _partials(src, out) == []
+    assert fake_model == [None]  # the bundled model by default, loaded once
+
+
+def test_summary_line_and_exit_zero(tmp_path: Path, fake_model) -> None:
+    a = _photo(tmp_path / "a.png")
+    result = _run([str(a), "-o", str(tmp_path / "o"), "-s", "2", "--format", "jpg", "--suffix", "-big"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().startswith("1 done, 0 skipped, 0 failed in")
+    assert Image.open(tmp_path / "o" / "a-big.jpg").size == (40, 24)
+    again = _run([str(a), "-o", str(tmp_path / "o"), "-s", "2", "--format", "jpg", "--suffix", "-big", "--skip-existing"])
+    assert again.exit_code == 0 and again.stdout.startswith("0 done, 1 skipped, 0 failed")
+
+
+def test_collision_stops_before_any_work(tmp_path: Path, fake_model) -> None:
+    a, b = _photo(tmp_path / "x" / "p.png"), _photo(tmp_path / "y" / "p.jpg")
+    result = _run([str(a), str(b), "-o", str(tmp_path / "o"), "--json"])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["error"] == "1 problem(s) found before starting; nothing was done"
+    assert len(report["problems"]) == 1 and "2 inputs would write this output" in report["problems"][0]
+    assert result.stderr.count("error: ") == 1 and "p.png, " in result.stderr
+    assert not (tmp_path / "o").exists() and fake_model == []
+
+
+def test_conflicting_flags_and_bad_scale(tmp_path: Path, fake_model) -> None:
+    a = _photo(tmp_path / "a.png")
+    both = _run([str(a), "--overwrite", "--skip-existing"])
+    assert both.exit_code == 2 and "cannot be used together" in both.stderr
+    assert _run([str(a), "-s", "5"]).exit_code == 2
+
+
+def test_missing_model_is_one_line(tmp_path: Path) -> None:
+    a = _photo(tmp_path / "a.png")
+    result = _run([str(a), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model") and "nope" in lines[0]
+    assert "Traceback" not in result.output
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    import op4ksr.api, op4ksr.io.images
+    from op4ksr.io.testing import InterpolationPipeline
+
+    op4ksr.api.load_model = lambda model=None, **kw: InterpolationPipeline()
+    marker = sys.argv[1]
+
+    def stalled_write(tmp, body):
+        # Half the file reaches the disk, then the process hangs until it is killed.
+        with open(tmp, "wb") as fh:
+            fh.write(body[: len(body) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+        open(marker, "w").close()
+        time.sleep(600)
+
+    op4ksr.io.images.write_temp_bytes = stalled_write
+    from op4ksr.cli import app
+    app(["upscale", *sys.argv[2:]], prog_name="op4ksr")
+    """
+)
+
+
+def test_sigkill_during_write_leaves_no_partial_output(tmp_path: Path, fake_model) -> None:
+    src = _photo(tmp_path / "a.png", (64, 48))
+    out = tmp_path / "out"
+    script, marker = tmp_path / "killme.py", tmp_path / "writing"
+    script.write_text(_KILL_SCRIPT, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(marker), str(src), "-o", str(out)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the CLI ended before writing"
+            assert time.monotonic() < deadline, "the CLI never reached the write"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    # The final name never appeared; only a hidden temporary holds the half-written bytes.
+    assert not (out / "a_x4.png").exists()
+    leftovers = sorted(p.name for p in out.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].startswith(".a_x4.") and leftovers[0].endswith(".part.png")
+
+    # A re-run removes the stale temporary and writes the complete file.
+    rerun = _run([str(src), "-o", str(out), "--json"])
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads(rerun.stdout)["summary"]["stale_temps_removed"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a_x4.png"]
+    assert Image.open(out / "a_x4.png").size == (256, 192)
+
+
+def test_ctrl_c_during_write_removes_the_temporary(tmp_path: Path, fake_model, monkeypatch) -> None:
+    import op4ksr.io.images
+
+    def interrupted(tmp: Path, body: bytes) -> None:
+        tmp.write_bytes(body[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(op4ksr.io.images, "write_temp_bytes", interrupted)
+    src = _photo(tmp_path / "a.png")
+    result = _run([str(src), "-o", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_tiny_model_folder_via_cli(tmp_path: Path) -> None:
+    presets = pytest.importorskip("op4ksr.models.presets")
+    presets.build_pipeline("tiny", seed=0).save_pretrained(tmp_path / "tiny")
+    a = _photo(tmp_path / "a.png", (24, 16))
+    result = _run([str(a), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "tiny"), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["device"] == "cpu" and report["files"][0]["output_size"] == [96, 64]

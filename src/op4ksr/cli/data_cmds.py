@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from op4ksr.cli.common import fail
+
 _SRC_HELP = "Image files or folders (searched recursively)."
 
 
@@ -15,11 +17,6 @@ class Suite(str, Enum):
     syn = "syn"
     realsquare = "realsquare"
     realvary = "realvary"
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
 
 
 def _progress():
@@ -69,7 +66,7 @@ def degrade(
         pipe = DegradationPipeline.from_preset(preset, scale=scale)
         paths = find_images(list(hr))
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     records, failed = [], 0
     with _progress() as progress:
         task = progress.add_task("degrade", total=len(paths))
@@ -93,7 +90,7 @@ def degrade(
         try:
             atomic_write_text(out / "degradations.jsonl", text, overwrite=overwrite)
         except FileExistsError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     typer.echo(f"{len(records)} LR images written to {out}" + (f"; {failed} failed" if failed else ""))
     if failed:
         raise typer.Exit(code=1)
@@ -137,7 +134,7 @@ def curate(
             specs.append(ScorerSpec("op4ksr.data.aesthetic:LaionAesthetic", kwargs))
         minimums = tuple((k, float(v)) for k, v in (m.split("=", 1) for m in min_score))
     except ValueError as exc:
-        _fail(f"bad --scorer/--min-score: {exc}")
+        fail(f"bad --scorer/--min-score: {exc}")
     vlm = None
     if vlm_url:
         prompt = vlm_prompt.read_text(encoding="utf-8") if vlm_prompt else DEFAULT_PROMPT
@@ -160,7 +157,7 @@ def curate(
                                   on_progress=on_progress)
         except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
             progress.stop()
-            _fail(str(exc))
+            fail(str(exc))
     rejected = len(result.rows) - result.kept
     unreadable = sum(r["stage"] == 0 for r in result.rows)
     state = "written" if result.manifest_written else "unchanged"
@@ -190,13 +187,44 @@ def make_bench(
                                  on_progress=lambda d, t: progress.update(task, completed=d, total=t))
         except (FileNotFoundError, FileExistsError, ValueError) as exc:
             progress.stop()
-            _fail(str(exc))
+            fail(str(exc))
     for s in result.skipped:
         typer.echo(f"skipped {s['source']}: {s['reason']}", err=True)
     typer.echo(f"{result.manifest}: {len(result.entries)} images, {len(result.skipped)} skipped")
+
+
+def make_tiles(
+    sources: list[Path] = typer.Argument(..., help="Images, folders or curation manifests (.jsonl: kept rows)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the tiles and tiles.jsonl."),
+    size: int = typer.Option(512, "--size", min=32, help="Tile side in pixels."),
+    stride: int = typer.Option(512, "--stride", min=1, help="Grid step in pixels."),
+    exclude: list[Path] = typer.Option([], "--exclude", help="Images to leave out (e.g. a held-out benchmark set)."),
+) -> None:
+    """Cut a corpus into fixed-size training tiles once (fast training reads); re-runs do no work."""
+    from rich.progress import Progress
+
+    from op4ksr.data.datasets import image_sources
+    from op4ksr.data.tiles import TileSpec, make_tiles as cut, write_tile_index
+
+    excluded = {p.resolve() for p in exclude}
+    files = [p for p in image_sources([str(s) for s in sources]) if Path(p).resolve() not in excluded]
+    if not files:
+        fail("no images found in the given sources")
+    records: list[dict] = []
+    with Progress() as bar:
+        task = bar.add_task("tiles", total=len(files))
+        for file in files:
+            try:
+                records.extend(cut([Path(file)], out, TileSpec(size=size, stride=stride)))
+            except (OSError, ValueError) as exc:
+                typer.echo(f"{file}: skipped: {exc}", err=True)
+            bar.advance(task)
+    index = write_tile_index(records, out)
+    typer.echo(f"{len(records)} tiles from {len(files)} images → {out} (index {index})")
 
 
 def register(app: typer.Typer) -> None:
     app.command("degrade")(degrade)
     app.command("curate")(curate)
     app.command("make-bench")(make_bench)
+    app.command("make-tiles")(make_tiles)

@@ -26,10 +26,13 @@ def train(
 
     from op4ksr.train.trainer import train as run_training
 
+    import os
+
+    main_process = os.environ.get("RANK", "0") == "0"  # torchrun/accelerate set RANK per process
     columns = [TextColumn(f"[bold]{cfg.stage}[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     try:
-        with Progress(*columns, transient=False) as bar:
+        with Progress(*columns, transient=False, disable=not main_process) as bar:
             task = bar.add_task("train", total=cfg.run.max_steps, loss=float("nan"))
 
             def report(step: int, total: int, record: dict) -> None:
@@ -44,6 +47,8 @@ def train(
         typer.echo(f"interrupted at step {result.final_step}; checkpoint saved. Resume with: "
                    f"op4ksr train {config} --resume")
         raise typer.Exit(130)
+    if not main_process:
+        return
     typer.echo(f"done: {result.steps_done} steps in {result.wall_seconds:.0f} s; model → {result.model_dir}")
 
 

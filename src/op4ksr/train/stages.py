@@ -48,14 +48,20 @@ class Stage(nn.Module):
 
     name = "stage"
     pipe: OP4KSRPipeline
-    discriminator: nn.Module | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # An instance attribute (not a class default), so that assigning a discriminator module
+        # registers it as a child and `self.discriminator` finds it.
+        self.discriminator: nn.Module | None = None
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trainable parameters, plus the whole discriminator (its spectral-norm vectors are buffers)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
+        return {k: v for k, v in self.state_dict().items() if k in names or k.startswith("discriminator.")}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = sorted(set(self.trainable_state_dict()) - set(state))
@@ -93,7 +99,8 @@ class VAEStage(Stage):
             self.pipe = _load_init(cfg)
         else:
             self.pipe = build_pipeline(cfg.model.preset, seed=cfg.run.seed, overrides=cfg.model.overrides)
-        self.vae = self.pipe.vae.train().requires_grad_(True)
+        # channels-last convolutions run ~1.3–1.8× faster on CPU (reference.md; benchmarks/)
+        self.vae = self.pipe.vae.train().requires_grad_(True).to(memory_format=torch.channels_last)
         self.pipe.transformer.requires_grad_(False)
         self.pipe.prompt.requires_grad_(False)
         self.losses = _image_losses(cfg)
@@ -106,7 +113,7 @@ class VAEStage(Stage):
             self.discriminator = PatchDiscriminator()
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        hr = batch["hr"]
+        hr = batch["hr"].contiguous(memory_format=torch.channels_last)
         posterior = self.vae.encode(hr * 2 - 1).latent_dist
         z = posterior.sample(generator=generator)
         rec = (self.vae.decode(z).sample + 1) / 2

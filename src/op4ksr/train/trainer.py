@@ -130,7 +130,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
 
     started = time.perf_counter()
     out = Path(cfg.run.output_dir)
-    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=cfg.run.device == "cpu")
+    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=_use_cpu(cfg.run.device))
     set_seed(cfg.run.seed)
     _seed_everything(cfg.run.seed)
     stage = build_stage(cfg).to(accelerator.device)
@@ -254,10 +254,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
         checkpoint(step)
         if accelerator.is_main_process:
             model_dir = stage.export(out / "model")
-            _append_timing(out, cfg, first_step, step, time.perf_counter() - started)
+            _append_timing(out, cfg, first_step, step, time.perf_counter() - started, world)
         accelerator.wait_for_everyone()
     return TrainResult(output_dir=out, steps_done=step - first_step, final_step=step, interrupted=interrupted,
                        wall_seconds=time.perf_counter() - started, model_dir=model_dir, history=history)
+
+
+def _use_cpu(device: str) -> bool:
+    """CPU when asked or when no accelerator exists: accelerate then runs torchrun's processes as
+    a gloo (MULTI_CPU) group instead of independent copies."""
+    if device == "cpu":
+        return True
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return not (torch.cuda.is_available() or has_mps)
 
 
 class _nullcontext:
@@ -289,8 +298,8 @@ def _tensorboard(out: Path):
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def _append_timing(out: Path, cfg: TrainConfig, first: int, last: int, seconds: float) -> None:
-    entry = {"stage": cfg.stage, "steps": [first, last], "wall_seconds": round(seconds, 1),
+def _append_timing(out: Path, cfg: TrainConfig, first: int, last: int, seconds: float, processes: int) -> None:
+    entry = {"stage": cfg.stage, "steps": [first, last], "wall_seconds": round(seconds, 1), "processes": processes,
              "device": str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"}
     with open(out / "timing.jsonl", "a") as fh:
         fh.write(json.dumps(entry) + "\n")

@@ -1,0 +1,51 @@
+import pytest
+
+from op4ksr.train.config import ConfigError, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path, photo_dir):
+    cfg = load_config(write(tmp_path, 'stage = "vae"\n[model]\npreset = "tiny"\n'),
+                      [f'data.train=["{photo_dir}"]', "optim.lr=1e-3", "run.output_dir=out/x", "loss.wavelet=2"])
+    assert cfg.stage == "vae" and cfg.optim.lr == 1e-3 and cfg.run.output_dir == "out/x"
+    assert cfg.loss.wavelet == 2.0 and isinstance(cfg.loss.wavelet, float)
+    assert cfg.sr.rope_theta == 100.0 and cfg.loss.vae_align == 5.0 and cfg.sr.lora_rank == 64
+
+
+@pytest.mark.parametrize("text,message", [
+    ('stage = "vae"\n[optim]\nlearning_rate = 1\n', "unknown key 'learning_rate'"),
+    ('stage = "vae"\n[optim]\nbatch_size = "four"\n', "optim.batch_size: expected an integer"),
+    ('stage = "vae"\nbogus = 1\n', "unknown key 'bogus'"),
+    ('stage = "dance"\n', "stage: 'dance' is not one of"),
+    ('stage = "vae"\n[model]\npreset = "huge"\n', "unknown preset 'huge'"),
+    ('stage = "vae"\n[data]\ntrain = ["/no/such/folder"]\n', "data.train: /no/such/folder: no such file"),
+    ('stage = "sr"\n[data]\ntrain = ["."]\n', "model.init"),
+    ('stage = "sr"\n[model]\ninit = "/nope"\n[data]\ntrain = ["."]\n', "/nope: no such model directory"),
+    ('stage = "vae"\n[data]\ncrop_size = 100\ntrain = ["."]\n', "multiple of 32"),
+    ('stage = "vae"\n[loss]\nperiodicity = 1.0\n[data]\ncrop_size = 64\ntrain = ["."]\n', "too small for the periodicity loss"),
+    ("stage = \n", "not valid TOML"),
+])
+def test_bad_configs_fail_before_any_work(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("*.toml"))
+    assert files
+    for file in files:
+        cfg = load_config(file, check_paths=False)
+        assert cfg.stage in ("vae", "prior", "sr")

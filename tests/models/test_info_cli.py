@@ -24,3 +24,21 @@ def test_info_on_a_model_directory_and_bad_input(tiny_model_dir):
     assert bad.exit_code != 0 and "neither a preset" in bad.output
     bad_size = CliRunner().invoke(app, ["info", "tiny", "--size", "big"])
     assert bad_size.exit_code != 0 and "WIDTHxHEIGHT" in bad_size.output
+
+
+def test_export_fp16_halves_size_and_stays_close(tiny_model_dir, tmp_path):
+    import torch
+
+    from op4ksr.models.loading import from_pretrained
+
+    out = tmp_path / "shipped"
+    result = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
+    assert size(out) < 0.6 * size(tiny_model_dir)
+    a, b = from_pretrained(tiny_model_dir), from_pretrained(out)
+    assert b.dtype == torch.float32  # stored in fp16, run in fp32 on CPU
+    x = torch.rand(1, 3, 32, 32)
+    assert (a(x) - b(x)).abs().max() < 2e-2
+    again = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(out)])
+    assert again.exit_code != 0 and "exists" in again.output

@@ -65,5 +65,40 @@ def info(
     Console(width=max(100, Console().width)).print(table)
 
 
+def export(
+    model: Path = typer.Argument(..., help="Model directory to export (e.g. runs/compact-sr/model)."),
+    out: Path = typer.Option(..., "--out", help="New model directory."),
+    dtype: str = typer.Option("fp16", "--dtype", help="Storage dtype: fp16 (half the size), bf16 or fp32."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
+) -> None:
+    """Copy a model directory with its weights stored in another dtype (for shipping)."""
+    import shutil
+
+    import torch
+
+    from op4ksr.models.loading import ModelLoadError, export_pipeline, from_pretrained
+    from op4ksr.utils.device import resolve_dtype
+
+    if out.exists() and not overwrite:
+        fail(f"{out}: exists (use --overwrite to replace it)")
+    try:
+        pipe = from_pretrained(model)
+    except ModelLoadError as exc:
+        fail(str(exc))
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    export_pipeline(pipe, tmp, dtype=resolve_dtype(dtype, torch.device("cpu")))
+    for note in ("training.json",):
+        if (model / note).is_file():
+            shutil.copy2(model / note, tmp / note)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    typer.echo(f"exported {model} → {out} ({dtype}, {size / 2**20:.1f} MiB)")
+
+
 def register(app: typer.Typer) -> None:
     app.command("info")(info)
+    app.command("export")(export)

@@ -99,6 +99,8 @@ class OP4KSRPipeline(DiffusionPipeline):
 
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
         """Images in [0,1] (already at the output size) → normalised latent (DiT space)."""
+        if self.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
+            images01 = images01.contiguous(memory_format=torch.channels_last)
         return self.vae.normalize(self.vae.encode_mode(images01))
 
     def denoise(self, z_sigma: torch.Tensor) -> torch.Tensor:

@@ -131,4 +131,6 @@ def build_pipeline(name: str, *, seed: int | None = 0, device: str | torch.devic
             prompt.pooled_prompt_embeds.data.normal_(0.0, 0.02)
     for part in (vae, transformer, prompt):
         part.eval()  # inference behaviour by default; the trainer switches what it trains
+    if device.type == "cpu":
+        vae.to(memory_format=torch.channels_last)  # same layout as a loaded model (loading.move_pipeline)
     return OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, **cfg["pipeline"])

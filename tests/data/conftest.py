@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from scipy import ndimage
-from skimage import data
-
 from data_test_images import PHOTOS, blurred
+from PIL import Image
+from skimage import data
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +59,7 @@ def fake_vlm(behaviour: Behaviour) -> Iterator[tuple[str, FakeVLM]]:
         def log_message(self, *args: object) -> None:  # keep test output clean
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with state.lock:
                 n = len(state.requests)

@@ -1,19 +1,23 @@
 from __future__ import annotations
 
 import glob
-import json
 import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from data_test_images import PHOTOS
 
 from op4ksr.data.curation import CurationConfig, curate, progress_path, read_manifest, stage1_aggregate
-from op4ksr.data.quality import glcm_contrast_correlation, laplacian_variance, noise_sigma, shannon_entropy, sobel_energy
+from op4ksr.data.quality import (
+    glcm_contrast_correlation,
+    laplacian_variance,
+    noise_sigma,
+    shannon_entropy,
+    sobel_energy,
+)
 from op4ksr.data.vlm import VLMConfig
-
-from data_test_images import PHOTOS
 
 GOOD = '{"texture_richness": 8, "clarity": 7}'
 
@@ -162,9 +166,8 @@ debian = sorted(glob.glob("/usr/share/wallpapers/*/contents/images/2560x1600.jpg
 
 @pytest.mark.skipif(not debian, reason="Debian wallpaper photos not installed")
 def test_debian_photos_rank_above_blurred(tmp_path: Path) -> None:
-    from PIL import Image
-
     from data_test_images import blurred
+    from PIL import Image
 
     for i, path in enumerate(debian):
         rgb = np.asarray(Image.open(path).convert("RGB").reduce(4))

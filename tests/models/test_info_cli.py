@@ -34,7 +34,7 @@ def test_export_fp16_halves_size_and_stays_close(tiny_model_dir, tmp_path):
     out = tmp_path / "shipped"
     result = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))
     assert size(out) < 0.6 * size(tiny_model_dir)
     a, b = from_pretrained(tiny_model_dir), from_pretrained(out)
     assert b.dtype == torch.float32  # stored in fp16, run in fp32 on CPU

@@ -1,6 +1,14 @@
 import torch
 
-from op4ksr.models.lora import DIT_TARGETS, VAE_ENCODER_TARGETS, LoraSettings, add_lora, load_lora, merge_lora, save_lora
+from op4ksr.models.lora import (
+    DIT_TARGETS,
+    VAE_ENCODER_TARGETS,
+    LoraSettings,
+    add_lora,
+    load_lora,
+    merge_lora,
+    save_lora,
+)
 
 
 def test_vae_lora_touches_only_the_encoder(tiny_pipeline):

@@ -82,7 +82,7 @@ def test_tiled_baseline_runs_overlapping_tiles(tiny_pipeline):
 
 
 def test_memory_planner_refuses_before_allocating(tiny_pipeline, monkeypatch):
-    import op4ksr.models.planner as planner
+    from op4ksr.models import planner
 
     monkeypatch.setattr(planner, "available_bytes", lambda device: 64 * 2**20)
     with pytest.raises(MemoryPlanError, match="GiB"):

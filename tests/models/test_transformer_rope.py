@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from diffusers import FluxTransformer2DModel
+from safetensors.torch import save_file
 
 from op4ksr.models.loading import load_part
 from op4ksr.models.presets import build_pipeline, get_preset

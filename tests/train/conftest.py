@@ -6,7 +6,7 @@ from PIL import Image
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory):
     """Four real photos from scikit-image (no network, no Debian packages)."""
-    import skimage.data as data
+    from skimage import data
 
     folder = tmp_path_factory.mktemp("photos")
     for name in ("astronaut", "coffee", "chelsea", "rocket"):

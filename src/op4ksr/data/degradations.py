@@ -25,13 +25,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 import torch
 import torch.nn.functional as F
 from PIL import Image

@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from op4ksr.models.packing import PATCH
-
 
 class MemoryPlanError(MemoryError):
     """The planned work does not fit the device; the message holds the estimate and the options."""

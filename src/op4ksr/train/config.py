@@ -7,11 +7,12 @@ key (``ConfigError``). Command-line overrides use dotted keys: ``optim.lr=1e-4``
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 STAGES = ("vae", "prior", "sr")
 

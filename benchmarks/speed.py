@@ -1,0 +1,229 @@
+"""Speed and memory of patch-free OP4KSR, per stage, against the tiled baseline and Real-ESRGAN.
+
+Every figure is the median of warm runs (one warm-up call at the same size first). Peak memory is
+the process's peak RSS during the call on CPU (reset through /proc/self/clear_refs) or CUDA's max
+allocated, minus what was resident before the call, plus the model weights — the quantity the
+planner (``op4ksr info``) estimates. Results are appended to docs/PERFORMANCE.md as tables with the
+machine, the versions and the command.
+
+    python benchmarks/speed.py --model compact --sizes 1024 2048 4096 --runs 3 --tiled --realesrgan --scaling --write
+    python benchmarks/speed.py --ultraflux-cuda --write     # one CUDA GPU (H100 class), random bf16 weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from op4ksr.eval.bench import PeakMemory
+from op4ksr.models.planner import human_bytes
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _resident(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def timed(fn: Callable[[], object], device: torch.device, runs: int) -> tuple[float, int, object]:
+    """(median seconds, peak bytes above the resident set before the call, last result)."""
+    fn()  # warm-up at this size
+    times, peaks, out = [], [], None
+    for _ in range(runs):
+        out = None
+        _sync(device)
+        before = _resident(device)
+        with PeakMemory(device) as mem:
+            start = time.perf_counter()
+            out = fn()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        peaks.append(max(0, mem.peak_bytes - before))
+    return statistics.median(times), max(peaks), out
+
+
+def test_image(side: int) -> torch.Tensor:
+    """A real photo (scikit-image's astronaut) resized to side×side, as [1,3,side,side] in [0,1]."""
+    from PIL import Image
+    import skimage.data
+
+    img = Image.fromarray(skimage.data.astronaut()).resize((side, side), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+
+
+def weights_bytes(pipe) -> int:
+    return sum(p.numel() * p.element_size() for m in (pipe.vae, pipe.transformer, pipe.prompt) for p in m.parameters())
+
+
+def stage_rows(pipe, side_out: int, runs: int) -> dict:
+    lr = test_image(side_out // pipe.scale).to(pipe.device, pipe.dtype)
+    w = weights_bytes(pipe)
+    with torch.inference_mode():
+        x, _ = pipe.upsample_and_pad(lr)
+        t_enc, m_enc, z = timed(lambda: pipe.encode(x), pipe.device, runs)
+        t_dit, m_dit, z0 = timed(lambda: pipe.denoise(z), pipe.device, runs)
+        t_dec, m_dec, _ = timed(lambda: pipe.decode(z0), pipe.device, runs)
+        t_all, m_all, _ = timed(lambda: pipe(lr, check_memory=False), pipe.device, runs)
+    est = pipe.estimate(side_out, side_out)
+    return {"size": side_out, "encode": t_enc, "dit": t_dit, "decode": t_dec, "total": t_all,
+            "peak": m_all + w, "peak_encode": m_enc + w, "peak_dit": m_dit + w, "peak_decode": m_dec + w,
+            "estimate": est.peak_bytes, "flops": est.total_flops, "dit_flops": est.dit_flops}
+
+
+def tiled_row(pipe, side_out: int, runs: int) -> dict:
+    lr = test_image(side_out // pipe.scale).to(pipe.device, pipe.dtype)
+    t, m, _ = timed(lambda: pipe(lr, tiled=True, check_memory=False), pipe.device, runs)
+    return {"size": side_out, "total": t, "peak": m + weights_bytes(pipe)}
+
+
+def realesrgan_row(side_out: int, runs: int, device: torch.device) -> dict:
+    from op4ksr.eval.peers.registry import create_method
+
+    method = create_method("realesrgan", device=device)
+    lr = test_image(side_out // 4)
+    t, m, _ = timed(lambda: method(lr), device, runs)
+    return {"size": side_out, "total": t, "peak": m}
+
+
+def scaling_rows(pipe, grids: list[int], runs: int) -> list[dict]:
+    """DiT time against token count, and the share of time spent in attention (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = []
+    channels = pipe.vae.config.latent_channels
+    for g in grids:
+        z = torch.randn(1, channels, 2 * g, 2 * g, device=pipe.device, dtype=pipe.dtype)
+        with torch.inference_mode():
+            t, _, _ = timed(lambda: pipe.denoise(z), pipe.device, runs)
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if pipe.device.type == "cuda" else [])
+            with profile(activities=activities) as prof:
+                pipe.denoise(z)
+                _sync(pipe.device)
+        key = "self_device_time_total" if pipe.device.type == "cuda" else "self_cpu_time_total"
+        events = prof.key_averages()
+        total = sum(getattr(e, key) for e in events)
+        attention = sum(getattr(e, key) for e in events if "scaled_dot_product" in e.key or "flash_attention" in e.key)
+        tokens = g * g
+        rows.append({"tokens": tokens, "seconds": t, "attention_share": attention / max(total, 1),
+                     "dit_flops": pipe.estimate(32 * g, 32 * g).dit_flops})
+    return rows
+
+
+def machine_line(device: torch.device) -> str:
+    if device.type == "cuda":
+        dev = torch.cuda.get_device_name(device)
+    else:
+        cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                    if l.startswith("model name")), platform.processor())
+        dev = f"{cpu}, {torch.get_num_threads()} threads"
+    return (f"{dev}; Python {platform.python_version()}, torch {torch.__version__}; "
+            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def markdown(args, device, stages, tiled, esrgan, scaling) -> str:
+    lines = [f"\n## {args.model} on {device.type} ({datetime.now(timezone.utc):%Y-%m-%d})", "",
+             f"Machine: {machine_line(device)}  ", f"Command: `python {' '.join(sys.argv)}`  ",
+             f"Each time is the median of {args.runs} warm run(s); peak = memory above the idle process + weights.", ""]
+    if stages:
+        lines += ["| output | encode s | DiT s | decode s | total s | peak | planner estimate | estimate/peak | achieved GFLOP/s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in stages:
+            lines.append(f"| {r['size']}² | {r['encode']:.2f} | {r['dit']:.2f} | {r['decode']:.2f} | {r['total']:.2f} | "
+                         f"{human_bytes(r['peak'])} | {human_bytes(r['estimate'])} | {r['estimate'] / r['peak']:.2f} | "
+                         f"{r['flops'] / r['total'] / 1e9:.0f} |")
+        lines.append("")
+    if tiled or esrgan:
+        lines += ["| output | patch-free s | tiled baseline s | Real-ESRGAN x4plus s | tiled / patch-free | Real-ESRGAN / patch-free | peaks (free / tiled / ESRGAN) |",
+                  "|---|---|---|---|---|---|---|"]
+        by_size = {r["size"]: r for r in stages}
+        for size in sorted({r["size"] for r in tiled + esrgan}):
+            free = by_size.get(size)
+            t = next((r for r in tiled if r["size"] == size), None)
+            e = next((r for r in esrgan if r["size"] == size), None)
+            cell = lambda r: f"{r['total']:.2f}" if r else "–"  # noqa: E731
+            ratio = lambda r: f"{r['total'] / free['total']:.1f}×" if r and free else "–"  # noqa: E731
+            peaks = " / ".join(human_bytes(r["peak"]) if r else "–" for r in (free, t, e))
+            lines.append(f"| {size}² | {cell(free)} | {cell(t)} | {cell(e)} | {ratio(t)} | {ratio(e)} | {peaks} |")
+        lines.append("")
+    if scaling:
+        lines += ["| tokens | DiT s | attention share | DiT TFLOP (model) | achieved GFLOP/s | s per TFLOP |", "|---|---|---|---|---|---|"]
+        for r in scaling:
+            lines.append(f"| {r['tokens']:,} | {r['seconds']:.3f} | {100 * r['attention_share']:.0f}% | "
+                         f"{r['dit_flops'] / 1e12:.3f} | {r['dit_flops'] / r['seconds'] / 1e9:.0f} | "
+                         f"{r['seconds'] / (r['dit_flops'] / 1e12):.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def build_ultraflux_cuda():
+    """Full-size architecture with random bf16 weights on the GPU (initialised there, no CPU copy)."""
+    from op4ksr.models.presets import build_pipeline
+
+    pipe = build_pipeline("ultraflux", device="meta", seed=None)
+    device = torch.device("cuda")
+    for part in (pipe.vae, pipe.transformer, pipe.prompt):
+        part.to_empty(device=device)
+        part.to(dtype=torch.bfloat16)
+        with torch.no_grad():
+            for p in part.parameters():
+                p.normal_(0.0, 0.02)
+    return pipe
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="compact", help="bundled 'compact' or a model directory")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096], help="output sides")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tiled", action="store_true", help="also time the OMGSR-style tiled baseline")
+    ap.add_argument("--realesrgan", action="store_true", help="also time Real-ESRGAN x4plus (needs its asset)")
+    ap.add_argument("--esrgan-runs", type=int, default=1, help="timed runs for Real-ESRGAN (minutes each at 4K on CPU)")
+    ap.add_argument("--scaling", action="store_true", help="DiT time vs tokens, 256…16,384")
+    ap.add_argument("--ultraflux-cuda", action="store_true", help="the full-size architecture on one CUDA GPU, bf16")
+    ap.add_argument("--write", action="store_true", help=f"append the tables to {DOCS}")
+    args = ap.parse_args()
+
+    if args.ultraflux_cuda:
+        if not torch.cuda.is_available():
+            sys.exit("--ultraflux-cuda needs a CUDA GPU")
+        args.model = "ultraflux (random bf16 weights)"
+        pipe = build_ultraflux_cuda()
+        args.sizes = [4096]
+    else:
+        from op4ksr.models.loading import load_pipeline
+
+        pipe = load_pipeline(args.model)
+    device = pipe.device
+    stages = [stage_rows(pipe, s, args.runs) for s in args.sizes]
+    tiled = [tiled_row(pipe, s, args.runs) for s in args.sizes] if args.tiled else []
+    esrgan = [realesrgan_row(s, args.esrgan_runs, device) for s in args.sizes] if args.realesrgan else []
+    scaling = scaling_rows(pipe, [16, 32, 64, 96, 128], args.runs) if args.scaling else []
+    text = markdown(args, device, stages, tiled, esrgan, scaling)
+    print(text)
+    if args.write:
+        if not DOCS.exists():
+            DOCS.write_text("# Performance\n\nMeasured by `benchmarks/speed.py`; newest sections last.\n")
+        with open(DOCS, "a") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

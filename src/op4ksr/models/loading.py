@@ -26,6 +26,7 @@ from op4ksr.models.transformer import OP4KSRTransformer
 from op4ksr.models.vae import F16AutoencoderKL
 from op4ksr.utils.device import resolve_device, resolve_dtype
 
+PIPELINE_OPTIONS = ("sigma", "scale", "guidance", "color_fix")
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 PART_CLASSES = {"vae": F16AutoencoderKL, "transformer": OP4KSRTransformer, "prompt": FixedPromptEmbeddings}
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -127,7 +128,7 @@ def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
         if part not in index or not (directory / part).is_dir():
             raise ModelLoadError(f"{directory}: the {part!r} part is missing")
         parts[part] = load_part(part, directory / part)
-    options = {k: index[k] for k in ("sigma", "scale", "guidance") if k in index}
+    options = {k: index[k] for k in PIPELINE_OPTIONS if k in index}
     pipe = OP4KSRPipeline(**parts, **options)
     return move_pipeline(pipe, device, dtype)
 
@@ -175,7 +176,7 @@ def meta_pipeline_from_dir(directory: str | Path) -> OP4KSRPipeline:
             raise ModelLoadError(f"{directory}: the {part!r} part has no config.json")
         with torch.device("meta"):
             parts[part] = cls.from_config(cls.load_config(str(directory / part)))
-    options = {k: index[k] for k in ("sigma", "scale", "guidance") if k in index}
+    options = {k: index[k] for k in PIPELINE_OPTIONS if k in index}
     return OP4KSRPipeline(**parts, **options)
 
 

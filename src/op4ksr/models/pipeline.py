@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 
+from op4ksr.models.color import COLOR_FIXES, apply_color_fix
 from op4ksr.models.flow import x0_from_velocity
 from op4ksr.models.packing import PATCH, image_ids, pack_latents, text_ids, unpack_latents
 from op4ksr.models.prompt import FixedPromptEmbeddings
@@ -44,17 +45,21 @@ class OP4KSRPipeline(DiffusionPipeline):
         sigma: the mid timestep σ at which the LR latent is placed (σ = 1 − the paper's t).
         scale: the native upscaling factor (4).
         guidance: value fed to a guidance-distilled DiT (``guidance_embeds``); ignored otherwise.
+        color_fix: ``none``, ``wavelet`` or ``adain`` — anchor the output's colours to the
+            bicubic-upscaled LR (see :mod:`op4ksr.models.color`); a per-call override exists.
     """
 
     model_cpu_offload_seq = "vae->transformer"
 
     def __init__(self, vae: F16AutoencoderKL, transformer: OP4KSRTransformer, prompt: FixedPromptEmbeddings,
-                 sigma: float = 0.7, scale: int = 4, guidance: float = 1.0):
+                 sigma: float = 0.7, scale: int = 4, guidance: float = 1.0, color_fix: str = "none"):
         super().__init__()
         if not 0.0 < float(sigma) <= 1.0:
             raise ValueError(f"sigma must be in (0, 1], got {sigma}")
+        if color_fix not in COLOR_FIXES:
+            raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {color_fix!r}")
         self.register_modules(vae=vae, transformer=transformer, prompt=prompt)
-        self.register_to_config(sigma=float(sigma), scale=int(scale), guidance=float(guidance))
+        self.register_to_config(sigma=float(sigma), scale=int(scale), guidance=float(guidance), color_fix=color_fix)
         latent_tokens_channels = vae.config.latent_channels * PATCH * PATCH
         if transformer.config.in_channels != latent_tokens_channels:
             raise ValueError(
@@ -157,8 +162,11 @@ class OP4KSRPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ call
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, *, tiled: bool = False, tiles: TileConfig = TileConfig(),
-                 check_memory: bool = True) -> torch.Tensor:
-        """Super-resolve a batch [B, 3, h, w] in [0, 1] → [B, 3, scale·h, scale·w] in [0, 1]."""
+                 check_memory: bool = True, color_fix: str | None = None) -> torch.Tensor:
+        """Super-resolve a batch [B, 3, h, w] in [0, 1] → [B, 3, scale·h, scale·w] in [0, 1].
+
+        ``color_fix`` overrides the model's configured colour anchoring for this call.
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] batch, got shape {tuple(images.shape)}")
         b, _, h, w = images.shape
@@ -169,7 +177,13 @@ class OP4KSRPipeline(DiffusionPipeline):
         del x  # free the full-size input before the DiT: peak is the max of stages, not the sum
         z0 = self.denoise_tiled(z, tiles) if tiled else self.denoise(z)
         del z
-        return self.decode(z0)[..., :height, :width].float()
+        out = self.decode(z0)[..., :height, :width]
+        del z0
+        fix = self.config.color_fix if color_fix is None else color_fix
+        if fix != "none":
+            reference, _ = self.upsample_and_pad(images.to(self.device, self.dtype))
+            out = apply_color_fix(out, reference[..., :height, :width], fix).clamp_(0.0, 1.0)
+        return out.float()
 
     # ------------------------------------------------------------------ planning
     def estimate(self, height: int, width: int, batch: int = 1, dtype: torch.dtype | None = None):

@@ -92,6 +92,14 @@ class SRConfig:
 
 
 @dataclass
+class VAEStageConfig:
+    # Decode the posterior *mode* (as inference does) rather than a sample: with the tiny KL weight
+    # a sampled latent starts with noise as large as its signal, and a small VAE trained on it
+    # learns blurred, colour-averaged reconstructions (measured: docs/MODEL_CARD.md).
+    sample_posterior: bool = False
+
+
+@dataclass
 class PriorConfig:
     sigma_sampling: str = "logit_normal"  # logit_normal | uniform
     learn_prompt: bool = True
@@ -108,6 +116,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     sr: SRConfig = field(default_factory=SRConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    vae: VAEStageConfig = field(default_factory=VAEStageConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

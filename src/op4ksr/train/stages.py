@@ -105,6 +105,7 @@ class VAEStage(Stage):
         self.pipe.prompt.requires_grad_(False)
         self.losses = _image_losses(cfg)
         self.kl_weight = cfg.loss.kl
+        self.sample_posterior = cfg.vae.sample_posterior
         if cfg.run.gradient_checkpointing:
             self.vae.enable_gradient_checkpointing()
         if cfg.loss.adversarial > 0:
@@ -115,7 +116,7 @@ class VAEStage(Stage):
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         hr = batch["hr"].contiguous(memory_format=torch.channels_last)
         posterior = self.vae.encode(hr * 2 - 1).latent_dist
-        z = posterior.sample(generator=generator)
+        z = posterior.sample(generator=generator) if self.sample_posterior else posterior.mode()
         rec = (self.vae.decode(z).sample + 1) / 2
         loss, logs = self.losses(rec, hr)
         kl = posterior.kl().mean()

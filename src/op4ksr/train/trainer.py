@@ -28,7 +28,7 @@ from op4ksr.train.checkpoint import (
     save_checkpoint,
 )
 from op4ksr.train.config import TrainConfig
-from op4ksr.train.stages import Stage, build_stage, warmup_lambda
+from op4ksr.train.stages import Stage, build_stage, psnr, warmup_lambda
 
 
 @dataclass
@@ -340,7 +340,8 @@ def validate(stage: Stage, dataset, sample_dir: Path, max_images: int) -> dict[s
         batch = {k: v.unsqueeze(0).to(device) if isinstance(v, torch.Tensor) else v for k, v in item.items()}
         out = stage.sample(batch)
         pred, target = out["pred"].float().clamp(0, 1).cpu(), out["target"].float().cpu()
-        values = {"psnr_y": float(psnr_y(pred, target))}
+        # PSNR-Y is what SR papers report; RGB PSNR also sees colour errors, which Y hides.
+        values = {"psnr_y": float(psnr_y(pred, target)), "psnr_rgb": psnr(pred, target)}
         if lpips is not None:
             values["lpips"] = float(lpips(pred, target))
         if grid_score is not None:

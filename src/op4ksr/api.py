@@ -88,8 +88,11 @@ class Upscaler:
     (older GPUs that overflow once will overflow again) and the outcome says so.
     """
 
-    def __init__(self, model: Any = None, *, device: str = "auto", dtype: str | None = None):
+    def __init__(self, model: Any = None, *, device: str = "auto", dtype: str | None = None,
+                 color_fix: str | None = None):
         self.pipe = model if is_pipeline(model) else load_model(model, device=device, dtype=dtype)
+        # None keeps the model's own setting (model_index.json); "none"/"wavelet"/"adain" override it.
+        self.color_fix = color_fix
 
     @property
     def native_scale(self) -> int:
@@ -145,15 +148,16 @@ class Upscaler:
         import torch
 
         x = rgb.to(self.pipe.device)
+        options = {"tiled": tiled} if self.color_fix is None else {"tiled": tiled, "color_fix": self.color_fix}
         with torch.inference_mode():
-            out = self.pipe(x, tiled=tiled)
+            out = self.pipe(x, **options)
             if bool(torch.isfinite(out).all()):
                 return out
             dtype = self.pipe.dtype
             if dtype in (torch.float16, torch.bfloat16):
                 self.pipe.to(torch.float32)
                 notes.append(f"non-finite output in {str(dtype).removeprefix('torch.')}: re-ran in float32")
-                out = self.pipe(x, tiled=tiled)
+                out = self.pipe(x, **options)
                 if bool(torch.isfinite(out).all()):
                     return out
         raise ImageError("the model produced NaN/Inf values")

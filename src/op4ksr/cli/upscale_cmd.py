@@ -67,6 +67,10 @@ def upscale(
     tiled: Annotated[
         bool, typer.Option("--tiled", help="Patch-based baseline (OMGSR-style tiles) instead of the whole image.")
     ] = False,
+    color_fix: Annotated[
+        str | None,
+        typer.Option("--color-fix", help="Anchor colours to the input: none, wavelet or adain (default: the model's)."),
+    ] = None,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels (decompression-bomb limit).")
     ] = DEFAULT_MAX_PIXELS,
@@ -98,6 +102,7 @@ def upscale(
             existing="overwrite" if overwrite else "skip" if skip_existing else "fail",
             max_pixels=max_pixels,
             tiled=tiled,
+            color_fix=color_fix,
         )
         plan = plan_batch(inputs, options)
     except PlanError as exc:
@@ -144,7 +149,7 @@ def _load_upscaler(options: Any, model: str | None, device: str, dtype: str | No
     from op4ksr.api import ModelLoadError, Upscaler
 
     try:
-        upscaler = Upscaler(model, device=device, dtype=dtype)
+        upscaler = Upscaler(model, device=device, dtype=dtype, color_fix=options.color_fix)
         upscaler.check_scale(options.scale)
     except (ModelLoadError, ValueError) as exc:
         _fail_fast(str(exc), as_json)

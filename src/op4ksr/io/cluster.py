@@ -43,8 +43,8 @@ class UpscaleActor:
         # A zero-argument factory lets callers (and tests) build the pipeline on the worker.
         if callable(model) and not is_pipeline(model):
             model = model()
-        self.upscaler = Upscaler(model, device=device, dtype=dtype)
         self.options = BatchOptions(**options)
+        self.upscaler = Upscaler(model, device=device, dtype=dtype, color_fix=self.options.color_fix)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []

@@ -251,6 +251,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
     if interrupted:
         if last_ckpt != step:
             checkpoint(step)
+        if accelerator.is_main_process and step > first_step:
+            _append_timing(out, cfg, first_step, step, time.perf_counter() - started, world)
     else:
         checkpoint(step)
         if accelerator.is_main_process:

@@ -42,3 +42,12 @@ def test_export_fp16_halves_size_and_stays_close(tiny_model_dir, tmp_path):
     assert (a(x) - b(x)).abs().max() < 2e-2
     again = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(out)])
     assert again.exit_code != 0 and "exists" in again.output
+
+
+def test_export_sets_the_default_colour_fix(tiny_model_dir, tmp_path):
+    out = tmp_path / "shipped"
+    result = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(out), "--color-fix", "wavelet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "model_index.json").read_text())["color_fix"] == "wavelet"
+    bad = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--color-fix", "sepia"])
+    assert bad.exit_code != 0 and "choose none, wavelet or adain" in bad.output

@@ -69,6 +69,7 @@ def export(
     model: Path = typer.Argument(..., help="Model directory to export (e.g. runs/compact-sr/model)."),
     out: Path = typer.Option(..., "--out", help="New model directory."),
     dtype: str = typer.Option("fp16", "--dtype", help="Storage dtype: fp16 (half the size), bf16 or fp32."),
+    color_fix: str = typer.Option(None, "--color-fix", help="Set the model's default colour anchoring: none, wavelet, adain."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
 ) -> None:
     """Copy a model directory with its weights stored in another dtype (for shipping)."""
@@ -85,6 +86,10 @@ def export(
         pipe = from_pretrained(model)
     except ModelLoadError as exc:
         fail(str(exc))
+    if color_fix is not None:
+        if color_fix not in ("none", "wavelet", "adain"):
+            fail(f"--color-fix {color_fix!r}: choose none, wavelet or adain")
+        pipe.register_to_config(color_fix=color_fix)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)

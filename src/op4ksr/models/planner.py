@@ -126,7 +126,8 @@ def _vae_conv_flops(vae_cfg, height: int, width: int) -> tuple[float, float, int
 # on CPU fp32 in benchmarks/speed.py; see docs/PERFORMANCE.md for measured vs estimated.
 ENCODE_LIVE_TENSORS = 4.0
 DECODE_LIVE_TENSORS = 4.0
-DIT_LIVE_TENSORS = 12.0  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
+DIT_LIVE_TENSORS = 12.0
+COLOR_FIX_TENSORS = 4  # output-sized RGB fp32 tensors alive during models/color.py  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
 
 
 def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
@@ -151,7 +152,10 @@ def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
     encode_bytes = input_bytes + int(ENCODE_LIVE_TENSORS * batch * enc_max * elem)
     # SDPA (flash/efficient kernels on CPU and CUDA) keeps attention memory linear in L.
     dit_bytes = int(DIT_LIVE_TENSORS * batch * seq * max(hidden * 4, 1) * elem)
-    decode_bytes = int(DECODE_LIVE_TENSORS * batch * dec_max * elem) + batch * 3 * ph * pw * 4
+    # The output in fp32, plus the colour anchor's full-size temporaries (reference, two low bands,
+    # result) when it is on.
+    output_tensors = 1 + (COLOR_FIX_TENSORS if getattr(pipe.config, "color_fix", "none") != "none" else 0)
+    decode_bytes = int(DECODE_LIVE_TENSORS * batch * dec_max * elem) + output_tensors * batch * 3 * ph * pw * 4
     return ResourceEstimate(
         height=height, width=width, batch=batch, dtype=str(dtype).replace("torch.", ""),
         vae_params=vae_params, dit_params=dit_params, token_rows=rows, token_cols=cols, text_tokens=text,

@@ -94,9 +94,8 @@ def export(
     if tmp.exists():
         shutil.rmtree(tmp)
     export_pipeline(pipe, tmp, dtype=resolve_dtype(dtype, torch.device("cpu")))
-    for note in ("training.json",):
-        if (model / note).is_file():
-            shutil.copy2(model / note, tmp / note)
+    if (model / "training.json").is_file():  # keep the record of how the model was trained
+        shutil.copy2(model / "training.json", tmp / "training.json")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

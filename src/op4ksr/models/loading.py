@@ -114,21 +114,31 @@ def load_part(part: str, part_dir: Path, cls=None, config_overrides: dict | None
     return module.eval().requires_grad_(False)
 
 
+def _read_index(directory: Path) -> dict:
+    """``model_index.json`` of a model directory, or a one-line error naming the directory."""
+    index_file = directory / "model_index.json"
+    if not index_file.is_file():
+        raise ModelLoadError(f"{directory}: no model_index.json; not an op4ksr model directory")
+    return json.loads(index_file.read_text())
+
+
+def _pipeline_options(index: dict) -> dict:
+    """The pipeline's own config values (σ, scale, guidance, colour fix) stored in the index."""
+    return {k: index[k] for k in PIPELINE_OPTIONS if k in index}
+
+
 def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu",
                     dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
     """Load an :class:`OP4KSRPipeline` saved with ``save_pretrained`` (safetensors only)."""
     directory = Path(directory)
-    index_file = directory / "model_index.json"
-    if not index_file.is_file():
-        raise ModelLoadError(f"{directory}: no model_index.json; not an op4ksr model directory")
+    index = _read_index(directory)
     refuse_pickles(directory)
-    index = json.loads(index_file.read_text())
     parts = {}
     for part in PART_CLASSES:
         if part not in index or not (directory / part).is_dir():
             raise ModelLoadError(f"{directory}: the {part!r} part is missing")
         parts[part] = load_part(part, directory / part)
-    options = {k: index[k] for k in PIPELINE_OPTIONS if k in index}
+    options = _pipeline_options(index)
     pipe = OP4KSRPipeline(**parts, **options)
     return move_pipeline(pipe, device, dtype)
 
@@ -166,17 +176,14 @@ def export_pipeline(pipe: OP4KSRPipeline, directory: str | Path, *, dtype: torch
 def meta_pipeline_from_dir(directory: str | Path) -> OP4KSRPipeline:
     """The pipeline described by a model directory's configs, on the meta device (no weights read)."""
     directory = Path(directory)
-    index_file = directory / "model_index.json"
-    if not index_file.is_file():
-        raise ModelLoadError(f"{directory}: no model_index.json; not an op4ksr model directory")
-    index = json.loads(index_file.read_text())
+    index = _read_index(directory)
     parts = {}
     for part, cls in PART_CLASSES.items():
         if not (directory / part / "config.json").is_file():
             raise ModelLoadError(f"{directory}: the {part!r} part has no config.json")
         with torch.device("meta"):
             parts[part] = cls.from_config(cls.load_config(str(directory / part)))
-    options = {k: index[k] for k in PIPELINE_OPTIONS if k in index}
+    options = _pipeline_options(index)
     return OP4KSRPipeline(**parts, **options)
 
 

@@ -7,6 +7,7 @@ run stopped at step k and resumed ends with the same weights as an uninterrupted
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -199,7 +200,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
             for micro in range(oc.grad_accum):
                 batch = _to_device(next(batches), device)
                 sync = micro == oc.grad_accum - 1
-                ctx = accelerator.no_sync(model) if not sync and world > 1 else _nullcontext()
+                ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
                     loss, logs = model(batch, generator)
                     if disc_optimizer is not None and step >= cfg.loss.adversarial_start:
@@ -279,14 +280,6 @@ def _use_cpu(device: str) -> bool:
         return True
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     return not (torch.cuda.is_available() or has_mps)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _discriminator_step(stage: Stage, batch: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:

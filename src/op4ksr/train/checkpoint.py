@@ -44,14 +44,21 @@ def _unflatten_optimizer(name: str, tensors: dict[str, torch.Tensor], meta: dict
     for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
         if not flat.startswith(prefix):
             continue
-        idx, key = flat[len(prefix):].split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
+        # keys are parameter indices (plain optimizers) or dotted parameter names (FSDP full state)
+        idx, key = flat[len(prefix):].rsplit(".", 1)
+        state.setdefault(int(idx) if idx.isdigit() else idx, {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def save_checkpoint(directory: Path, *, step: int, model_state: dict[str, torch.Tensor],
-                    optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
-                    generator: torch.Generator, extra: dict[str, Any] | None = None) -> Path:
+                    optimizers: dict[str, torch.optim.Optimizer | dict[str, Any]], schedulers: dict[str, Any],
+                    generator: torch.Generator, extra: dict[str, Any] | None = None,
+                    rank_generators: list[torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint atomically (a temp folder renamed into place).
+
+    ``rank_generators``: the noise generator state of every process (index = rank) in a
+    multi-process run, so that each rank resumes its own noise stream; ``generator`` is rank 0's.
+    """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
@@ -61,11 +68,14 @@ def save_checkpoint(directory: Path, *, step: int, model_state: dict[str, torch.
     opt_tensors: dict[str, torch.Tensor] = {}
     opt_meta: dict[str, Any] = {}
     for name, opt in optimizers.items():
-        t, m = _flatten_optimizer(name, opt.state_dict())
+        # an optimizer, or its state dict already gathered (FSDP: every rank gathers, rank 0 saves)
+        t, m = _flatten_optimizer(name, opt if isinstance(opt, dict) else opt.state_dict())
         opt_tensors.update(t)
         opt_meta[name] = m
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata={"optimizers": json.dumps(opt_meta)})
     rng = {"torch_cpu": torch.get_rng_state(), "generator": generator.get_state()}
+    for rank, state in enumerate(rank_generators or []):
+        rng[f"generator_rank{rank}"] = state.cpu()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"torch_cuda_{i}"] = s
@@ -98,8 +108,13 @@ def _tupled(obj: Any) -> Any:
 
 
 def load_checkpoint(directory: Path, *, optimizers: dict[str, torch.optim.Optimizer],
-                    schedulers: dict[str, Any], generator: torch.Generator) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore optimizer/scheduler/RNG state in place; return (step, model state, state.json)."""
+                    schedulers: dict[str, Any], generator: torch.Generator,
+                    rank: int = 0) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore optimizer/scheduler/RNG state in place; return (step, model state, state.json).
+
+    ``rank``: this process's rank; its own noise generator state is restored when the
+    checkpoint holds one per rank.
+    """
     directory = Path(directory)
     for name in ("model.safetensors", "optimizer.safetensors", "state.safetensors", "state.json"):
         if not (directory / name).is_file():
@@ -119,7 +134,7 @@ def load_checkpoint(directory: Path, *, optimizers: dict[str, torch.optim.Optimi
         sched.load_state_dict(state["schedulers"][name])
     rng = load_file(str(directory / "state.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])
-    generator.set_state(rng["generator"])
+    generator.set_state(rng.get(f"generator_rank{rank}", rng["generator"]))
     if torch.cuda.is_available():
         cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
         if cuda:

@@ -33,6 +33,7 @@ class RunConfig:
     log_every: int = 10
     keep_checkpoints: int = 2
     device: str = "auto"  # auto | cpu (accelerate picks the GPU of each process)
+    fsdp: bool = False  # shard the DiT across processes (FSDP2) instead of replicating it (DDP)
 
 
 @dataclass
@@ -77,6 +78,8 @@ class LossConfig:
     adversarial: float = 0.0
     adversarial_start: int = 0  # step at which the adversarial term switches on
     periodicity: float = 0.0  # L_AP
+    token_grid: float = 0.0  # power of the error at the 32-px token harmonics (losses/token_grid.py)
+    token_grid_window: int = 0  # in tokens; 0 = the whole crop, 2 = per 2×2-token neighbourhood
     vae_align: float = 5.0  # L_vae (sr stage)
     kl: float = 1e-6  # vae stage
 

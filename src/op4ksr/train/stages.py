@@ -34,7 +34,8 @@ from op4ksr.train.config import TrainConfig
 def _image_losses(cfg: TrainConfig) -> ImageLosses:
     lc = cfg.loss
     return ImageLosses(mse=lc.mse, l1=lc.l1, lpips=lc.lpips, lpips_net=lc.lpips_net, wavelet=lc.wavelet,
-                       periodicity=lc.periodicity)
+                       periodicity=lc.periodicity, token_grid=lc.token_grid,
+                       token_grid_window=lc.token_grid_window)
 
 
 def _load_init(cfg: TrainConfig) -> OP4KSRPipeline:

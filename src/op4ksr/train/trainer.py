@@ -1,4 +1,5 @@
-"""The training loop on accelerate: CPU, one GPU, or many through ``accelerate launch`` (DDP).
+"""The training loop on accelerate: CPU, one GPU, or many through ``accelerate launch`` (DDP, or
+FSDP2 with ``run.fsdp = true``: see :mod:`op4ksr.train.sharding`).
 
 Exact resume: the data order is a pure function of (seed, epoch, position); the noise
 generator, torch/numpy/python RNG, optimizer and scheduler are checkpointed (safetensors), so a
@@ -133,10 +134,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
     out = Path(cfg.run.output_dir)
     _check_assets(cfg)
     accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=_use_cpu(cfg.run.device))
+    _refuse_accelerate_fsdp(accelerator)
     set_seed(cfg.run.seed)
     _seed_everything(cfg.run.seed)
     stage = build_stage(cfg).to(accelerator.device)
     rank, world = accelerator.process_index, accelerator.num_processes
+    fsdp = cfg.run.fsdp and world > 1  # one process has nothing to shard across
+    if fsdp:
+        from op4ksr.train import sharding
+
+        sharding.shard_stage(stage, accelerator.device)
     dataset = _make_dataset(cfg, stage.pipe.scale, train=True)
     val_dataset = _make_dataset(cfg, stage.pipe.scale, train=False) if cfg.data.val else None
 
@@ -159,17 +166,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
     if resume and not checkpoints:
         raise FileNotFoundError(f"{out}: --resume given but no checkpoint found under {out / 'checkpoints'}")
     if checkpoints:
-        step, model_state, state = load_checkpoint(checkpoints[-1], optimizers=optimizers, schedulers=schedulers,
-                                                   generator=generator)
+        loaders = {k: sharding.ShardedOptimizer(stage, o) for k, o in optimizers.items()} if fsdp else optimizers
+        step, model_state, state = load_checkpoint(checkpoints[-1], optimizers=loaders, schedulers=schedulers,
+                                                   generator=generator, rank=rank)
         stage.load_extra_state(state.get("stage", {}))
-        stage.load_trainable_state_dict(model_state)
+        if fsdp:
+            sharding.load_full_trainable_state(stage, model_state)
+        else:
+            stage.load_trainable_state_dict(model_state)
     elif cfg.stage == "prior":
         stats_batches = [b["hr"] for _, b in zip(range(cfg.prior.latent_stats_batches),
                                                    _micro_batches(dataset, batch_size=oc.batch_size, seed=cfg.run.seed + 7,
                                                                   start=0, rank=0, world=1, num_workers=0))]
         stage.set_latent_stats(stats_batches)
 
-    model, optimizer = accelerator.prepare(stage, optimizer)
+    if fsdp:  # FSDP2 already synchronises gradients; accelerate must not add DDP on top
+        model, optimizer = stage, accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(stage, optimizer)
     device = accelerator.device
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -185,12 +199,35 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
 
     def checkpoint(at: int) -> None:
         accelerator.wait_for_everyone()
+        if fsdp:  # gathering is collective: every rank takes part, rank 0 writes
+            model_state = sharding.full_trainable_state(stage)
+            optimizer_states: dict[str, Any] = {k: sharding.full_optimizer_state(stage, o) for k, o in optimizers.items()}
+        else:
+            model_state = stage.trainable_state_dict() if accelerator.is_main_process else {}
+            optimizer_states = optimizers
+        rank_generators = _gather_generator_states(generator) if world > 1 else None
         if accelerator.is_main_process:
-            save_checkpoint(checkpoint_dir(out, at), step=at, model_state=stage.trainable_state_dict(),
-                            optimizers=optimizers, schedulers=schedulers, generator=generator,
-                            extra={"stage": stage.extra_state(), "stage_name": cfg.stage})
+            save_checkpoint(checkpoint_dir(out, at), step=at, model_state=model_state,
+                            optimizers=optimizer_states, schedulers=schedulers, generator=generator,
+                            extra={"stage": stage.extra_state(), "stage_name": cfg.stage},
+                            rank_generators=rank_generators)
             prune_checkpoints(out, cfg.run.keep_checkpoints)
         accelerator.wait_for_everyone()
+
+    plain_copy: list[Stage] = []
+
+    def unsharded() -> Stage | None:
+        """The stage to validate/export with: itself, or (FSDP) a plain copy on rank 0. Collective under FSDP."""
+        if not fsdp:
+            return stage
+        full = sharding.full_model_state(stage)
+        if not accelerator.is_main_process:
+            return None
+        if not plain_copy:
+            plain_copy.append(build_stage(cfg).to(device))
+        plain_copy[0].load_state_dict(full)
+        plain_copy[0].load_extra_state(stage.extra_state())
+        return plain_copy[0]
 
     with _StopFlag() as flag:
         while step < cfg.run.max_steps:
@@ -200,7 +237,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
             for micro in range(oc.grad_accum):
                 batch = _to_device(next(batches), device)
                 sync = micro == oc.grad_accum - 1
-                ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
+                if fsdp:
+                    sharding.set_gradient_sync(stage, sync)
+                    ctx = contextlib.nullcontext()
+                else:
+                    ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
                     loss, logs = model(batch, generator)
                     if disc_optimizer is not None and step >= cfg.loss.adversarial_start:
@@ -233,8 +274,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
                             writer.add_scalar(f"train/{k}", v, step)
             if progress is not None and accelerator.is_main_process:
                 progress(step, cfg.run.max_steps, record)
-            if val_dataset is not None and step % cfg.run.validate_every == 0 and accelerator.is_main_process:
-                metrics = validate(stage, val_dataset, out / "samples" / f"step-{step:07d}", cfg.data.val_images)
+            validate_now = val_dataset is not None and step % cfg.run.validate_every == 0
+            to_validate = unsharded() if validate_now else None
+            if validate_now and accelerator.is_main_process:
+                metrics = validate(to_validate, val_dataset, out / "samples" / f"step-{step:07d}", cfg.data.val_images)
                 with open(log_file, "a") as fh:
                     fh.write(json.dumps({"step": step, "validation": metrics}) + "\n")
                 if writer is not None:
@@ -256,12 +299,30 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
             _append_timing(out, cfg, first_step, step, time.perf_counter() - started, world)
     else:
         checkpoint(step)
+        final = unsharded()
         if accelerator.is_main_process:
-            model_dir = stage.export(out / "model")
+            model_dir = final.export(out / "model")
             _append_timing(out, cfg, first_step, step, time.perf_counter() - started, world)
         accelerator.wait_for_everyone()
     return TrainResult(output_dir=out, steps_done=step - first_step, final_step=step, interrupted=interrupted,
                        wall_seconds=time.perf_counter() - started, model_dir=model_dir, history=history)
+
+
+def _gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
+    """Every rank's noise generator state (index = rank), so that each rank resumes its own stream."""
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, generator.get_state().cpu())  # our own processes' tensors, not user files
+    return states
+
+
+def _refuse_accelerate_fsdp(accelerator) -> None:
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("accelerate's FSDP plugin is not used by op4ksr: launch with plain `accelerate launch "
+                         "--multi_gpu` (no --use_fsdp) and set run.fsdp=true in the config")
 
 
 def _check_assets(cfg: TrainConfig) -> None:

@@ -8,17 +8,21 @@ machine, the versions and the command.
 
     python benchmarks/speed.py --model compact --sizes 1024 2048 4096 --runs 3 --tiled --realesrgan --scaling --write
     python benchmarks/speed.py --ultraflux-cuda --write     # one CUDA GPU (H100 class), random bf16 weights
+    python benchmarks/speed.py --sizes 1024 2048 --compile  # torch.compile vs eager for the DiT and the decoder
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -77,19 +81,133 @@ def weights_bytes(pipe) -> int:
     return sum(p.numel() * p.element_size() for m in (pipe.vae, pipe.transformer, pipe.prompt) for p in m.parameters())
 
 
+STAGES = ("encode", "dit", "decode")
+STAGE_LABELS = {"encode": "encode", "dit": "DiT", "decode": "decode"}
+
+
+def run_stage(pipe, stage: str, inp: torch.Tensor) -> torch.Tensor:
+    """One pipeline stage on its input: padded image → latent → denoised latent → image."""
+    return {"encode": pipe.encode, "dit": pipe.denoise, "decode": pipe.decode}[stage](inp)
+
+
+@dataclass
+class StageTiming:
+    seconds: float  # median of the warm runs
+    peak: int  # bytes above the resident set before the call (weights not included)
+    input: torch.Tensor  # what the stage ran on, so that a compiled copy can be timed on the same tensor
+
+
+def time_stages(pipe, x: torch.Tensor, runs: int) -> dict[str, StageTiming]:
+    """Each stage timed on the previous stage's output, starting from the padded full-size input ``x``.
+
+    Call under ``torch.inference_mode()``."""
+    timings, inp = {}, x
+    for stage in STAGES:
+        t, m, out = timed(lambda stage=stage, inp=inp: run_stage(pipe, stage, inp), pipe.device, runs)
+        timings[stage] = StageTiming(t, m, inp)
+        inp = out
+    return timings
+
+
 def stage_rows(pipe, side_out: int, runs: int) -> dict:
     lr = test_image(side_out // pipe.scale).to(pipe.device, pipe.dtype)
     w = weights_bytes(pipe)
     with torch.inference_mode():
         x, _ = pipe.upsample_and_pad(lr)
-        t_enc, m_enc, z = timed(lambda: pipe.encode(x), pipe.device, runs)
-        t_dit, m_dit, z0 = timed(lambda: pipe.denoise(z), pipe.device, runs)
-        t_dec, m_dec, _ = timed(lambda: pipe.decode(z0), pipe.device, runs)
+        st = time_stages(pipe, x, runs)
         t_all, m_all, _ = timed(lambda: pipe(lr, check_memory=False), pipe.device, runs)
     est = pipe.estimate(side_out, side_out)
-    return {"size": side_out, "encode": t_enc, "dit": t_dit, "decode": t_dec, "total": t_all,
-            "peak": m_all + w, "peak_encode": m_enc + w, "peak_dit": m_dit + w, "peak_decode": m_dec + w,
+    return {"size": side_out, **{s: st[s].seconds for s in STAGES}, "total": t_all,
+            "peak": m_all + w, **{f"peak_{s}": st[s].peak + w for s in STAGES},
             "estimate": est.peak_bytes, "flops": est.total_flops, "dit_flops": est.dit_flops}
+
+
+@dataclass(frozen=True)
+class CompileChoice:
+    """What ``--compile`` compiles and how: the two stages that dominate the time at 4K, each separately."""
+
+    # (stage, module path inside the pipeline): the DiT, and the decoder's forward, which holds all
+    # of decode's convolutions (encode is not compiled: it is the smallest stage)
+    targets: tuple[tuple[str, str], ...] = (("dit", "transformer"), ("decode", "vae.decoder"))
+    backend: str = "inductor"
+    mode: str | None = None  # torch.compile's default; "max-autotune" compiles for much longer
+    # each size is compiled afresh: static shapes let inductor specialise every kernel to the size,
+    # which is what a server at one resolution would do
+    dynamic: bool = False
+
+    def describe(self, device: torch.device) -> str:
+        modules = ", ".join(f"`{path}` ({STAGE_LABELS[stage]})" for stage, path in self.targets)
+        kernels = ""
+        if self.backend == "inductor":
+            kernels = " (Triton kernels)" if device.type == "cuda" else f" (C++/OpenMP kernels, {_cpp_compiler()})"
+        return (f"Compiled {modules}, each in its own copy of the pipeline, with `torch.compile(backend="
+                f"\"{self.backend}\", mode={self.mode!r}, dynamic={self.dynamic})`; backend: "
+                f"{self.backend}{kernels}. Compile s is the first call (compilation + one run); it includes hits "
+                f"in inductor's on-disk cache from earlier runs (point TORCHINDUCTOR_CACHE_DIR at an empty "
+                f"folder for a cold figure).")
+
+
+def _cpp_compiler() -> str:
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception as exc:  # noqa: BLE001 - a private helper: its absence must not cost the table
+        return f"compiler unknown: {type(exc).__name__}"
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """The exception as one table cell: its type, and the first message line of its root cause.
+
+    Dynamo wraps a backend's failure (``BackendCompilerFailed: backend='inductor' raised:``), so the
+    reason (e.g. the C++ compiler's error) is on the wrapped exception or the one it was raised from."""
+    root = exc
+    while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+        root = inner
+    first = next((line.strip() for line in str(root).splitlines() if line.strip()), "")
+    parts = [type(exc).__name__] + ([type(root).__name__] if root is not exc else []) + ([first] if first else [])
+    text = ": ".join(parts).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def compiled_stage_time(pipe, stage: str, path: str, inp: torch.Tensor, runs: int,
+                        choice: CompileChoice) -> tuple[float, float]:
+    """(first-call seconds, median warm seconds) of ``stage`` with ``pipe.<path>`` compiled.
+
+    Works on a deep copy so that the caller's pipeline stays eager for the other sections; the
+    module is compiled in place (``nn.Module.compile``, i.e. torch.compile of its call) rather than
+    swapped for an OptimizedModule, so the pipeline still sees the same class and config on it."""
+    fast = copy.deepcopy(pipe)  # dropped on return: the caller's pipeline is never compiled
+    torch._dynamo.reset()  # no guards or graphs from another size: the first call compiles from scratch
+    try:
+        attrgetter(path)(fast).compile(backend=choice.backend, mode=choice.mode, dynamic=choice.dynamic)
+        _sync(fast.device)
+        start = time.perf_counter()
+        run_stage(fast, stage, inp)
+        _sync(fast.device)
+        first = time.perf_counter() - start
+        # timed's own warm-up call also absorbs a recompilation if the second call's guards differ
+        seconds, _, _ = timed(lambda: run_stage(fast, stage, inp), fast.device, runs)
+        return first, seconds
+    finally:
+        torch._dynamo.reset()
+
+
+def compile_rows(pipe, side_out: int, runs: int, choice: CompileChoice) -> list[dict]:
+    """Eager against compiled, per compiled stage, timed back to back on the same inputs."""
+    lr = test_image(side_out // pipe.scale).to(pipe.device, pipe.dtype)
+    rows = []
+    with torch.inference_mode():
+        x, _ = pipe.upsample_and_pad(lr)
+        eager = time_stages(pipe, x, runs)
+        for stage, path in choice.targets:
+            row = {"size": side_out, "stage": stage, "eager": eager[stage].seconds}
+            try:
+                row["compile"], row["compiled"] = compiled_stage_time(pipe, stage, path, eager[stage].input, runs, choice)
+            except Exception as exc:  # noqa: BLE001 - no C++ compiler, an op inductor cannot lower, …: one row
+                row["error"] = _one_line(exc)
+            rows.append(row)
+    return rows
 
 
 def tiled_row(pipe, side_out: int, runs: int) -> dict:
@@ -143,7 +261,8 @@ def machine_line(device: torch.device) -> str:
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 
-def markdown(args, device, stages, tiled, esrgan, scaling) -> str:
+def markdown(args, device, stages, tiled, esrgan, scaling, compiled: list[dict] | None = None,
+             compile_choice: CompileChoice | None = None) -> str:
     lines = [f"\n## {args.model} on {device.type} ({datetime.now(timezone.utc):%Y-%m-%d})", "",
              f"Machine: {machine_line(device)}  ", f"Command: `python {' '.join(sys.argv)}`  ",
              f"Each time is the median of {args.runs} warm run(s); peak = memory above the idle process + weights.", ""]
@@ -175,6 +294,16 @@ def markdown(args, device, stages, tiled, esrgan, scaling) -> str:
                          f"{r['dit_flops'] / 1e12:.3f} | {r['dit_flops'] / r['seconds'] / 1e9:.0f} | "
                          f"{r['seconds'] / (r['dit_flops'] / 1e12):.2f} |")
         lines.append("")
+    if compiled:
+        # three decimals: at small sizes a stage takes hundredths of a second
+        lines += ["| output | stage | eager s | compiled s | speed-up | compile s (first call) |", "|---|---|---|---|---|---|"]
+        for r in compiled:
+            head = f"| {r['size']}² | {STAGE_LABELS[r['stage']]} | {r['eager']:.3f} |"
+            if "error" in r:
+                lines.append(f"{head} failed: {r['error']} | – | – |")
+            else:
+                lines.append(f"{head} {r['compiled']:.3f} | {r['eager'] / r['compiled']:.2f}× | {r['compile']:.1f} |")
+        lines += ["", (compile_choice or CompileChoice()).describe(device), ""]
     return "\n".join(lines)
 
 
@@ -202,6 +331,8 @@ def main() -> None:
     ap.add_argument("--realesrgan", action="store_true", help="also time Real-ESRGAN x4plus (needs its asset)")
     ap.add_argument("--esrgan-runs", type=int, default=1, help="timed runs for Real-ESRGAN (minutes each at 4K on CPU)")
     ap.add_argument("--scaling", action="store_true", help="DiT time vs tokens, 256…16,384")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the DiT and the VAE decoder under torch.compile against eager")
     ap.add_argument("--ultraflux-cuda", action="store_true", help="the full-size architecture on one CUDA GPU, bf16")
     ap.add_argument("--write", action="store_true", help=f"append the tables to {DOCS}")
     args = ap.parse_args()
@@ -221,7 +352,9 @@ def main() -> None:
     tiled = [tiled_row(pipe, s, args.runs) for s in args.sizes] if args.tiled else []
     esrgan = [realesrgan_row(s, args.esrgan_runs, device) for s in args.sizes] if args.realesrgan else []
     scaling = scaling_rows(pipe, [16, 32, 64, 96, 128], args.runs) if args.scaling else []
-    text = markdown(args, device, stages, tiled, esrgan, scaling)
+    choice = CompileChoice()
+    compiled = [r for s in args.sizes for r in compile_rows(pipe, s, args.runs, choice)] if args.compile else []
+    text = markdown(args, device, stages, tiled, esrgan, scaling, compiled, choice)
     print(text)
     if args.write:
         if not DOCS.exists():

@@ -89,10 +89,12 @@ class Upscaler:
     """
 
     def __init__(self, model: Any = None, *, device: str = "auto", dtype: str | None = None,
-                 color_fix: str | None = None):
+                 color_fix: str | None = None, grid_fix: str | None = None):
         self.pipe = model if is_pipeline(model) else load_model(model, device=device, dtype=dtype)
-        # None keeps the model's own setting (model_index.json); "none"/"wavelet"/"adain" override it.
+        # None keeps the model's own setting (model_index.json); a value overrides it per call:
+        # color_fix "none"/"wavelet"/"adain", grid_fix "none"/"notch".
         self.color_fix = color_fix
+        self.grid_fix = grid_fix
 
     @property
     def native_scale(self) -> int:
@@ -148,7 +150,11 @@ class Upscaler:
         import torch
 
         x = rgb.to(self.pipe.device)
-        options = {"tiled": tiled} if self.color_fix is None else {"tiled": tiled, "color_fix": self.color_fix}
+        options: dict[str, Any] = {"tiled": tiled}
+        if self.color_fix is not None:
+            options["color_fix"] = self.color_fix
+        if self.grid_fix is not None:
+            options["grid_fix"] = self.grid_fix
         with torch.inference_mode():
             out = self.pipe(x, **options)
             if bool(torch.isfinite(out).all()):

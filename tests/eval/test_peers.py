@@ -145,9 +145,11 @@ class _FakePipe:
 
     def __init__(self):
         self.calls: list[bool] = []
+        self.grid_fixes: list[str | None] = []
 
-    def __call__(self, images, tiled=False):
+    def __call__(self, images, tiled=False, grid_fix=None):
         self.calls.append(tiled)
+        self.grid_fixes.append(grid_fix)
         return F.interpolate(images, scale_factor=self.scale, mode="nearest")
 
 
@@ -174,6 +176,9 @@ def test_op4ksr_methods_call_the_pipeline(monkeypatch):
     assert patch_free(lr).shape == tiled(lr).shape == (1, 3, 8, 12)
     assert pipe.calls == [False, True]
     assert loaded == [("/models/m", "cpu", None), (None, "cpu", None)]
+    raw = create_method("op4ksr-nogridfix", device="cpu")  # the network's output, notch off
+    assert raw.name == "op4ksr-nogridfix" and raw(lr).shape == (1, 3, 8, 12)
+    assert pipe.grid_fixes == [None, None, "none"]
     tiled.close()
     with pytest.raises(RuntimeError, match="closed"):
         tiled(lr)

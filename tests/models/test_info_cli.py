@@ -51,3 +51,13 @@ def test_export_sets_the_default_colour_fix(tiny_model_dir, tmp_path):
     assert json.loads((out / "model_index.json").read_text())["color_fix"] == "wavelet"
     bad = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--color-fix", "sepia"])
     assert bad.exit_code != 0 and "choose none, wavelet or adain" in bad.output
+
+
+def test_export_sets_the_default_grid_fix(tiny_model_dir, tmp_path):
+    out = tmp_path / "shipped"
+    result = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(out), "--grid-fix", "notch"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "model_index.json").read_text())["grid_fix"] == "notch"
+    bad = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--grid-fix", "blur"])
+    assert bad.exit_code != 0 and "choose none or notch" in bad.output
+    assert not (tmp_path / "x").exists()

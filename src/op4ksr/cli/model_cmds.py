@@ -70,6 +70,7 @@ def export(
     out: Path = typer.Option(..., "--out", help="New model directory."),
     dtype: str = typer.Option("fp16", "--dtype", help="Storage dtype: fp16 (half the size), bf16 or fp32."),
     color_fix: str = typer.Option(None, "--color-fix", help="Set the model's default colour anchoring: none, wavelet, adain."),
+    grid_fix: str = typer.Option(None, "--grid-fix", help="Set the model's default token-grid fix: none, notch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
 ) -> None:
     """Copy a model directory with its weights stored in another dtype (for shipping)."""
@@ -90,6 +91,10 @@ def export(
         if color_fix not in ("none", "wavelet", "adain"):
             fail(f"--color-fix {color_fix!r}: choose none, wavelet or adain")
         pipe.register_to_config(color_fix=color_fix)
+    if grid_fix is not None:
+        if grid_fix not in ("none", "notch"):
+            fail(f"--grid-fix {grid_fix!r}: choose none or notch")
+        pipe.register_to_config(grid_fix=grid_fix)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)

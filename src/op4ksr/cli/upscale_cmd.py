@@ -71,6 +71,11 @@ def upscale(
         str | None,
         typer.Option("--color-fix", help="Anchor colours to the input: none, wavelet or adain (default: the model's)."),
     ] = None,
+    grid_fix: Annotated[
+        str | None,
+        typer.Option("--grid-fix", help="Remove what the output adds at the 32-px token harmonics: none or notch "
+                                        "(default: the model's)."),
+    ] = None,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels (decompression-bomb limit).")
     ] = DEFAULT_MAX_PIXELS,
@@ -103,6 +108,7 @@ def upscale(
             max_pixels=max_pixels,
             tiled=tiled,
             color_fix=color_fix,
+            grid_fix=grid_fix,
         )
         plan = plan_batch(inputs, options)
     except PlanError as exc:
@@ -149,7 +155,8 @@ def _load_upscaler(options: Any, model: str | None, device: str, dtype: str | No
     from op4ksr.api import ModelLoadError, Upscaler
 
     try:
-        upscaler = Upscaler(model, device=device, dtype=dtype, color_fix=options.color_fix)
+        upscaler = Upscaler(model, device=device, dtype=dtype, color_fix=options.color_fix,
+                            grid_fix=options.grid_fix)
         upscaler.check_scale(options.scale)
     except (ModelLoadError, ValueError) as exc:
         _fail_fast(str(exc), as_json)

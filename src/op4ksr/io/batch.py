@@ -56,11 +56,14 @@ class BatchOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     tiled: bool = False
     color_fix: str | None = None  # None → the model's own setting
+    grid_fix: str | None = None  # None → the model's own setting
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         if self.color_fix is not None and self.color_fix not in ("none", "wavelet", "adain"):
             raise ValueError(f"--color-fix {self.color_fix!r}: choose none, wavelet or adain")
+        if self.grid_fix is not None and self.grid_fix not in ("none", "notch"):
+            raise ValueError(f"--grid-fix {self.grid_fix!r}: choose none or notch")
         self.fmt = normalise_format(self.fmt)
         if self.existing not in EXISTING_POLICIES:
             raise ValueError(f"existing must be one of {EXISTING_POLICIES}, got {self.existing!r}")

@@ -44,7 +44,8 @@ class UpscaleActor:
         if callable(model) and not is_pipeline(model):
             model = model()
         self.options = BatchOptions(**options)
-        self.upscaler = Upscaler(model, device=device, dtype=dtype, color_fix=self.options.color_fix)
+        self.upscaler = Upscaler(model, device=device, dtype=dtype, color_fix=self.options.color_fix,
+                                 grid_fix=self.options.grid_fix)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []

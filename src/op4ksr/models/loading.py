@@ -26,7 +26,7 @@ from op4ksr.models.transformer import OP4KSRTransformer
 from op4ksr.models.vae import F16AutoencoderKL
 from op4ksr.utils.device import resolve_device, resolve_dtype
 
-PIPELINE_OPTIONS = ("sigma", "scale", "guidance", "color_fix")
+PIPELINE_OPTIONS = ("sigma", "scale", "guidance", "color_fix", "grid_fix")
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 PART_CLASSES = {"vae": F16AutoencoderKL, "transformer": OP4KSRTransformer, "prompt": FixedPromptEmbeddings}
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"

@@ -20,6 +20,7 @@ from diffusers import DiffusionPipeline
 
 from op4ksr.models.color import COLOR_FIXES, apply_color_fix
 from op4ksr.models.flow import x0_from_velocity
+from op4ksr.models.grid_fix import GRID_FIXES, token_notch
 from op4ksr.models.packing import PATCH, image_ids, pack_latents, text_ids, unpack_latents
 from op4ksr.models.prompt import FixedPromptEmbeddings
 from op4ksr.models.transformer import OP4KSRTransformer
@@ -47,19 +48,25 @@ class OP4KSRPipeline(DiffusionPipeline):
         guidance: value fed to a guidance-distilled DiT (``guidance_embeds``); ignored otherwise.
         color_fix: ``none``, ``wavelet`` or ``adain`` — anchor the output's colours to the
             bicubic-upscaled LR (see :mod:`op4ksr.models.color`); a per-call override exists.
+        grid_fix: ``none`` or ``notch`` — remove what the output adds at the 32-px token
+            harmonics, per 256-px window (see :mod:`op4ksr.models.grid_fix`); a per-call override exists.
     """
 
     model_cpu_offload_seq = "vae->transformer"
 
     def __init__(self, vae: F16AutoencoderKL, transformer: OP4KSRTransformer, prompt: FixedPromptEmbeddings,
-                 sigma: float = 0.7, scale: int = 4, guidance: float = 1.0, color_fix: str = "none"):
+                 sigma: float = 0.7, scale: int = 4, guidance: float = 1.0, color_fix: str = "none",
+                 grid_fix: str = "none"):
         super().__init__()
         if not 0.0 < float(sigma) <= 1.0:
             raise ValueError(f"sigma must be in (0, 1], got {sigma}")
         if color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {color_fix!r}")
+        if grid_fix not in GRID_FIXES:
+            raise ValueError(f"grid_fix must be one of {GRID_FIXES}, got {grid_fix!r}")
         self.register_modules(vae=vae, transformer=transformer, prompt=prompt)
-        self.register_to_config(sigma=float(sigma), scale=int(scale), guidance=float(guidance), color_fix=color_fix)
+        self.register_to_config(sigma=float(sigma), scale=int(scale), guidance=float(guidance), color_fix=color_fix,
+                                 grid_fix=grid_fix)
         latent_tokens_channels = vae.config.latent_channels * PATCH * PATCH
         if transformer.config.in_channels != latent_tokens_channels:
             raise ValueError(
@@ -162,10 +169,10 @@ class OP4KSRPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ call
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, *, tiled: bool = False, tiles: TileConfig = TileConfig(),
-                 check_memory: bool = True, color_fix: str | None = None) -> torch.Tensor:
+                 check_memory: bool = True, color_fix: str | None = None, grid_fix: str | None = None) -> torch.Tensor:
         """Super-resolve a batch [B, 3, h, w] in [0, 1] → [B, 3, scale·h, scale·w] in [0, 1].
 
-        ``color_fix`` overrides the model's configured colour anchoring for this call.
+        ``color_fix`` and ``grid_fix`` override the model's configured post-steps for this call.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] batch, got shape {tuple(images.shape)}")
@@ -177,13 +184,23 @@ class OP4KSRPipeline(DiffusionPipeline):
         del x  # free the full-size input before the DiT: peak is the max of stages, not the sum
         z0 = self.denoise_tiled(z, tiles) if tiled else self.denoise(z)
         del z
-        out = self.decode(z0)[..., :height, :width]
+        out = self.decode(z0)  # padded to the token grid
         del z0
-        fix = self.config.color_fix if color_fix is None else color_fix
-        if fix != "none":
+        color = self.config.color_fix if color_fix is None else color_fix
+        grid = getattr(self.config, "grid_fix", "none") if grid_fix is None else grid_fix
+        if grid not in GRID_FIXES:
+            raise ValueError(f"grid_fix must be one of {GRID_FIXES}, got {grid!r}")
+        if color != "none" or grid != "none":
             reference, _ = self.upsample_and_pad(images.to(self.device, self.dtype))
-            out = apply_color_fix(out, reference[..., :height, :width], fix).clamp_(0.0, 1.0)
-        return out.float()
+            if color != "none":
+                fixed = apply_color_fix(out[..., :height, :width], reference[..., :height, :width], color)
+                out[..., :height, :width] = fixed.clamp_(0.0, 1.0)
+                del fixed
+            if grid != "none":
+                # on the padded output: every window starts on the token grid
+                out = token_notch(out, reference).clamp_(0.0, 1.0)
+            del reference
+        return out[..., :height, :width].float()
 
     # ------------------------------------------------------------------ planning
     def estimate(self, height: int, width: int, batch: int = 1, dtype: torch.dtype | None = None):

@@ -127,7 +127,8 @@ def _vae_conv_flops(vae_cfg, height: int, width: int) -> tuple[float, float, int
 ENCODE_LIVE_TENSORS = 4.0
 DECODE_LIVE_TENSORS = 4.0
 DIT_LIVE_TENSORS = 12.0
-COLOR_FIX_TENSORS = 4  # output-sized RGB fp32 tensors alive during models/color.py  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
+COLOR_FIX_TENSORS = 4  # output-sized RGB fp32 tensors alive during models/color.py
+GRID_FIX_TENSORS = 1  # models/grid_fix.py works in place; the reference when the colour fix is off  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
 
 
 def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
@@ -155,6 +156,8 @@ def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
     # The output in fp32, plus the colour anchor's full-size temporaries (reference, two low bands,
     # result) when it is on.
     output_tensors = 1 + (COLOR_FIX_TENSORS if getattr(pipe.config, "color_fix", "none") != "none" else 0)
+    if getattr(pipe.config, "grid_fix", "none") != "none":
+        output_tensors += GRID_FIX_TENSORS
     decode_bytes = int(DECODE_LIVE_TENSORS * batch * dec_max * elem) + output_tensors * batch * 3 * ph * pw * 4
     return ResourceEstimate(
         height=height, width=width, batch=batch, dtype=str(dtype).replace("torch.", ""),

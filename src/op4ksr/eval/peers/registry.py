@@ -184,17 +184,20 @@ class OP4KSRMethod(SRMethod):
     """The op4ksr pipeline, patch-free or (``tiled=True``) the tiled baseline."""
 
     def __init__(self, arg: str | None = None, *, device: str | torch.device = "auto",
-                 dtype: str | torch.dtype | None = None, tiled: bool = False) -> None:
+                 dtype: str | torch.dtype | None = None, tiled: bool = False, grid_fix: str | None = None,
+                 name: str | None = None) -> None:
         from op4ksr.models.loading import load_pipeline  # heavy: diffusers
 
         self.pipe: Any = load_pipeline(arg, device=device, dtype=dtype)
         self.tiled = tiled
-        super().__init__(name="op4ksr-tiled" if tiled else "op4ksr", scale=self.pipe.scale, device=self.pipe.device)
+        self.grid_fix = grid_fix  # None: the model's own setting
+        name = name or ("op4ksr-tiled" if tiled else "op4ksr")
+        super().__init__(name=name, scale=self.pipe.scale, device=self.pipe.device)
 
     def upscale(self, lr: torch.Tensor) -> torch.Tensor:
         if self.pipe is None:
             raise RuntimeError(f"{self.name}: method was closed")
-        return self.pipe(lr, tiled=True) if self.tiled else self.pipe(lr)
+        return self.pipe(lr, tiled=self.tiled, grid_fix=self.grid_fix)
 
     def close(self) -> None:
         self.pipe = None
@@ -204,6 +207,12 @@ class OP4KSRMethod(SRMethod):
 @register_method("op4ksr")
 def _op4ksr(arg: str | None = None, *, device: str | torch.device = "auto", **options: Any) -> OP4KSRMethod:
     return OP4KSRMethod(arg, device=device, **options)
+
+
+@register_method("op4ksr-nogridfix")
+def _op4ksr_no_grid_fix(arg: str | None = None, *, device: str | torch.device = "auto", **options: Any) -> OP4KSRMethod:
+    """The model with its token-harmonic notch off: what the network alone produces."""
+    return OP4KSRMethod(arg, device=device, grid_fix="none", name="op4ksr-nogridfix", **options)
 
 
 @register_method("op4ksr-tiled")

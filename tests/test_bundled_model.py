@@ -24,6 +24,8 @@ def test_default_model_upscales_the_readme_example(tmp_path):
 
     pipe = load_pipeline()
     assert pipe.scale == 4 and pipe.transformer.config.rope_theta == 100.0
+    # the shipped post-steps (docs/MODEL_CARD.md): colour anchor and token-harmonic notch on
+    assert (pipe.config.color_fix, pipe.config.grid_fix) == ("wavelet", "notch")
     out = op4ksr.upscale(EXAMPLE, model=pipe)
     w, h = Image.open(EXAMPLE).size
     assert out.size == (4 * w, 4 * h)

@@ -127,8 +127,11 @@ def _vae_conv_flops(vae_cfg, height: int, width: int) -> tuple[float, float, int
 ENCODE_LIVE_TENSORS = 4.0
 DECODE_LIVE_TENSORS = 4.0
 DIT_LIVE_TENSORS = 12.0
-COLOR_FIX_TENSORS = 4  # output-sized RGB fp32 tensors alive during models/color.py
-GRID_FIX_TENSORS = 1  # models/grid_fix.py works in place; the reference when the colour fix is off  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
+# Output-sized RGB fp32 tensors alive during the post-steps, beyond the output itself
+# (calibrated with benchmarks/speed.py; docs/PERFORMANCE.md): the colour anchor's reference, low
+# bands and result; the notch works in place and needs only the reference, shared with the anchor.
+COLOR_FIX_TENSORS = 3
+GRID_FIX_TENSORS = 1  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
 
 
 def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
@@ -153,11 +156,10 @@ def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
     encode_bytes = input_bytes + int(ENCODE_LIVE_TENSORS * batch * enc_max * elem)
     # SDPA (flash/efficient kernels on CPU and CUDA) keeps attention memory linear in L.
     dit_bytes = int(DIT_LIVE_TENSORS * batch * seq * max(hidden * 4, 1) * elem)
-    # The output in fp32, plus the colour anchor's full-size temporaries (reference, two low bands,
-    # result) when it is on.
-    output_tensors = 1 + (COLOR_FIX_TENSORS if getattr(pipe.config, "color_fix", "none") != "none" else 0)
-    if getattr(pipe.config, "grid_fix", "none") != "none":
-        output_tensors += GRID_FIX_TENSORS
+    # The output in fp32, plus the post-steps' full-size temporaries (see COLOR_FIX_TENSORS).
+    color_on = getattr(pipe.config, "color_fix", "none") != "none"
+    grid_on = getattr(pipe.config, "grid_fix", "none") != "none"
+    output_tensors = 1 + (COLOR_FIX_TENSORS if color_on else GRID_FIX_TENSORS if grid_on else 0)
     decode_bytes = int(DECODE_LIVE_TENSORS * batch * dec_max * elem) + output_tensors * batch * 3 * ph * pw * 4
     return ResourceEstimate(
         height=height, width=width, batch=batch, dtype=str(dtype).replace("torch.", ""),

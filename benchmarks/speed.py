@@ -14,7 +14,6 @@ machine, the versions and the command.
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 import statistics
 import sys
@@ -140,7 +139,7 @@ class CompileChoice:
         kernels = ""
         if self.backend == "inductor":
             kernels = " (Triton kernels)" if device.type == "cuda" else f" (C++/OpenMP kernels, {_cpp_compiler()})"
-        return (f"Compiled {modules}, each in its own copy of the pipeline, with `torch.compile(backend="
+        return (f"Compiled {modules}, one at a time in place (eager again afterwards), with `torch.compile(backend="
                 f"\"{self.backend}\", mode={self.mode!r}, dynamic={self.dynamic})`; backend: "
                 f"{self.backend}{kernels}. Compile s is the first call (compilation + one run); it includes hits "
                 f"in inductor's on-disk cache from earlier runs (point TORCHINDUCTOR_CACHE_DIR at an empty "
@@ -174,22 +173,23 @@ def compiled_stage_time(pipe, stage: str, path: str, inp: torch.Tensor, runs: in
                         choice: CompileChoice) -> tuple[float, float]:
     """(first-call seconds, median warm seconds) of ``stage`` with ``pipe.<path>`` compiled.
 
-    Works on a deep copy so that the caller's pipeline stays eager for the other sections; the
-    module is compiled in place (``nn.Module.compile``, i.e. torch.compile of its call) rather than
-    swapped for an OptimizedModule, so the pipeline still sees the same class and config on it."""
-    fast = copy.deepcopy(pipe)  # dropped on return: the caller's pipeline is never compiled
+    The module is compiled in place (``nn.Module.compile``, i.e. torch.compile of its call, so the
+    pipeline still sees the same class and config) and put back to eager afterwards. No copy of
+    the pipeline: at full size a second set of weights (~24 GB in bf16) would not be free."""
+    module = attrgetter(path)(pipe)
     torch._dynamo.reset()  # no guards or graphs from another size: the first call compiles from scratch
     try:
-        attrgetter(path)(fast).compile(backend=choice.backend, mode=choice.mode, dynamic=choice.dynamic)
-        _sync(fast.device)
+        module.compile(backend=choice.backend, mode=choice.mode, dynamic=choice.dynamic)
+        _sync(pipe.device)
         start = time.perf_counter()
-        run_stage(fast, stage, inp)
-        _sync(fast.device)
+        run_stage(pipe, stage, inp)
+        _sync(pipe.device)
         first = time.perf_counter() - start
         # timed's own warm-up call also absorbs a recompilation if the second call's guards differ
-        seconds, _, _ = timed(lambda: run_stage(fast, stage, inp), fast.device, runs)
+        seconds, _, _ = timed(lambda: run_stage(pipe, stage, inp), pipe.device, runs)
         return first, seconds
     finally:
+        module._compiled_call_impl = None  # where nn.Module.compile keeps the compiled call: eager again
         torch._dynamo.reset()
 
 

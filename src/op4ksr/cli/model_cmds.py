@@ -78,23 +78,24 @@ def export(
 
     import torch
 
+    from op4ksr.models.color import COLOR_FIXES
+    from op4ksr.models.grid_fix import GRID_FIXES
     from op4ksr.models.loading import ModelLoadError, export_pipeline, from_pretrained
     from op4ksr.utils.device import resolve_dtype
 
     if out.exists() and not overwrite:
         fail(f"{out}: exists (use --overwrite to replace it)")
+    if color_fix is not None and color_fix not in COLOR_FIXES:
+        fail(f"--color-fix {color_fix!r}: choose none, wavelet or adain")
+    if grid_fix is not None and grid_fix not in GRID_FIXES:
+        fail(f"--grid-fix {grid_fix!r}: choose none or notch")
     try:
         pipe = from_pretrained(model)
     except ModelLoadError as exc:
         fail(str(exc))
-    if color_fix is not None:
-        if color_fix not in ("none", "wavelet", "adain"):
-            fail(f"--color-fix {color_fix!r}: choose none, wavelet or adain")
-        pipe.register_to_config(color_fix=color_fix)
-    if grid_fix is not None:
-        if grid_fix not in ("none", "notch"):
-            fail(f"--grid-fix {grid_fix!r}: choose none or notch")
-        pipe.register_to_config(grid_fix=grid_fix)
+    # None keeps the model's own post-steps
+    options = {k: v for k, v in (("color_fix", color_fix), ("grid_fix", grid_fix)) if v is not None}
+    pipe.register_to_config(**options)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)

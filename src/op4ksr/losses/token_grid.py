@@ -28,22 +28,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-TOKEN_PERIOD = 32  # F16 VAE × 2×2 packing: pixels per token side
+# One definition of the phase mean for the loss (training) and the notch (inference).
+from op4ksr.models.grid_fix import TOKEN_PERIOD, phase_mean
 
-
-def phase_mean(x: Tensor, period: int = TOKEN_PERIOD) -> Tensor:
-    """[B, C, H, W] → [B, C, period, period]: the mean over all pixels sharing a phase modulo ``period``.
-
-    Rows/columns beyond the last whole period are dropped.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
-    height, width = x.shape[-2:]
-    rows, cols = height // period, width // period
-    if rows < 2 or cols < 2:
-        raise ValueError(f"image {height}×{width} holds fewer than 2×2 periods of {period} px")
-    x = x[..., : rows * period, : cols * period]
-    return x.unflatten(-2, (rows, period)).unflatten(-1, (cols, period)).mean(dim=(-4, -2))
+__all__ = ["TOKEN_PERIOD", "TokenGridLoss", "phase_mean", "token_grid_loss", "windowed_phase_mean"]
 
 
 def windowed_phase_mean(x: Tensor, period: int = TOKEN_PERIOD, window: int = 0) -> Tensor:

@@ -23,8 +23,23 @@ from __future__ import annotations
 import torch
 
 GRID_FIXES = ("none", "notch")
-TOKEN_PERIOD = 32
+TOKEN_PERIOD = 32  # F16 VAE × 2×2 packing: pixels per token side
 NOTCH_WINDOW_TOKENS = 8  # 256-px windows: local enough for content-dependent grids, ≥ 64 samples per phase
+
+
+def phase_mean(x: torch.Tensor, period: int = TOKEN_PERIOD) -> torch.Tensor:
+    """[B, C, H, W] → [B, C, period, period]: the mean over all pixels sharing a phase modulo ``period``.
+
+    Rows/columns beyond the last whole period are dropped.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    rows, cols = height // period, width // period
+    if rows < 2 or cols < 2:
+        raise ValueError(f"image {height}×{width} holds fewer than 2×2 periods of {period} px")
+    x = x[..., : rows * period, : cols * period]
+    return x.unflatten(-2, (rows, period)).unflatten(-1, (cols, period)).mean(dim=(-4, -2))
 
 
 def _spans(length: int, side: int) -> list[tuple[int, int, int, int]]:
@@ -71,8 +86,8 @@ def token_notch(images: torch.Tensor, reference: torch.Tensor, period: int = TOK
     # not have been corrected yet.
     for ys, ye, oys, oye in _spans(height, side):
         for xs, xe, oxs, oxe in _spans(width, side):
-            diff = images[..., ys:ye, xs:xe] - reference[..., ys:ye, xs:xe]
-            pattern = diff.unflatten(-2, (-1, period)).unflatten(-1, (-1, period)).mean(dim=(-4, -2))
+            # every statistics window spans ≥ 2 periods per side (inputs below that returned above)
+            pattern = phase_mean(images[..., ys:ye, xs:xe] - reference[..., ys:ye, xs:xe], period)
             patterns.append((oys, oye, oxs, oxe, pattern - pattern.mean(dim=(-2, -1), keepdim=True)))
     for oys, oye, oxs, oxe, pattern in patterns:
         images[..., oys:oye, oxs:oxe] -= pattern.repeat(1, 1, (oye - oys) // period, (oxe - oxs) // period)

@@ -126,12 +126,12 @@ def _vae_conv_flops(vae_cfg, height: int, width: int) -> tuple[float, float, int
 # on CPU fp32 in benchmarks/speed.py; see docs/PERFORMANCE.md for measured vs estimated.
 ENCODE_LIVE_TENSORS = 4.0
 DECODE_LIVE_TENSORS = 4.0
-DIT_LIVE_TENSORS = 12.0
+DIT_LIVE_TENSORS = 12.0  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
 # Output-sized RGB fp32 tensors alive during the post-steps, beyond the output itself
 # (calibrated with benchmarks/speed.py; docs/PERFORMANCE.md): the colour anchor's reference, low
 # bands and result; the notch works in place and needs only the reference, shared with the anchor.
 COLOR_FIX_TENSORS = 3
-GRID_FIX_TENSORS = 1  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
+GRID_FIX_TENSORS = 1
 
 
 def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,

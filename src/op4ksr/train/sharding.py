@@ -14,10 +14,13 @@ and resume works with any process count.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from op4ksr.train.stages import Stage
 
 
 def dit_blocks(stage: nn.Module) -> list[nn.Module]:
@@ -44,12 +47,6 @@ def shard_stage(stage: nn.Module, device: torch.device) -> None:
     fully_shard(stage, mesh=mesh)
 
 
-def is_sharded(stage: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(stage, FSDPModule)
-
-
 def _options(**kwargs: Any):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -63,19 +60,16 @@ def full_model_state(stage: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(stage, options=_options())
 
 
-def full_trainable_state(stage: nn.Module) -> dict[str, torch.Tensor]:
+def full_trainable_state(stage: Stage) -> dict[str, torch.Tensor]:
     """The stage's trainable tensors (the keys of ``Stage.trainable_state_dict``), unsharded. Collective."""
-    names = {n for n, p in stage.named_parameters() if p.requires_grad}
-    return {k: v for k, v in full_model_state(stage).items() if k in names or k.startswith("discriminator.")}
+    return stage.select_trainable(full_model_state(stage))
 
 
-def load_full_trainable_state(stage: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_full_trainable_state(stage: Stage, state: dict[str, torch.Tensor]) -> None:
     """Load a full (unsharded) trainable state into a sharded stage; every rank passes the same dict."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    missing = sorted({n for n, p in stage.named_parameters() if p.requires_grad} - set(state))
-    if missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+    stage.check_trainable_state(state)
     set_model_state_dict(stage, state, options=_options(strict=False))
 
 

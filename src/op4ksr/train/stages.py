@@ -59,15 +59,23 @@ class Stage(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trainable parameters, plus the whole discriminator (its spectral-norm vectors are buffers)."""
+    def select_trainable(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries of a (local or gathered) state dict that checkpoints keep: trainable
+        parameters, plus the whole discriminator (its spectral-norm vectors are buffers)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names or k.startswith("discriminator.")}
+        return {k: v for k, v in state.items() if k in names or k.startswith("discriminator.")}
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.select_trainable(self.state_dict())
+
+    def check_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Raise if ``state`` lacks any tensor that :meth:`trainable_state_dict` holds."""
         missing = sorted(set(self.trainable_state_dict()) - set(state))
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.check_trainable_state(state)
         self.load_state_dict(state, strict=False)
 
     def extra_state(self) -> dict[str, Any]:

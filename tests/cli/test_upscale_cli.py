@@ -195,33 +195,21 @@ def test_tiny_model_folder_via_cli(tmp_path: Path) -> None:
     assert report["device"] == "cpu" and report["files"][0]["output_size"] == [96, 64]
 
 
-def test_color_fix_option(tmp_path: Path, tiny_model_dir) -> None:
+@pytest.mark.parametrize(("flag", "on", "bad", "choices"), [
+    ("--color-fix", "wavelet", "sepia", "choose none, wavelet or adain"),
+    ("--grid-fix", "notch", "blur", "choose none or notch"),
+])
+def test_post_step_options(tmp_path: Path, tiny_model_dir, flag, on, bad, choices) -> None:
     src = tmp_path / "in.png"
     Image.fromarray((np.random.default_rng(0).random((24, 20, 3)) * 255).astype(np.uint8)).save(src)
     runner = CliRunner()
-    bad = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "o1"), "--color-fix", "sepia"])
-    assert bad.exit_code == 2 and "choose none, wavelet or adain" in bad.output
+    bad_run = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "o1"), flag, bad])
+    assert bad_run.exit_code == 2 and choices in bad_run.output
     assert not (tmp_path / "o1").exists() or not any((tmp_path / "o1").iterdir())
     outs = {}
-    for fix in ("none", "wavelet"):
+    for fix in ("none", on):
         r = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / fix), "--model", str(tiny_model_dir),
-                                "--color-fix", fix])
+                                flag, fix])
         assert r.exit_code == 0, r.output
         outs[fix] = np.asarray(Image.open(tmp_path / fix / "in_x4.png"))
-    assert outs["none"].shape == (96, 80, 3) and not np.array_equal(outs["none"], outs["wavelet"])
-
-
-def test_grid_fix_option(tmp_path: Path, tiny_model_dir) -> None:
-    src = tmp_path / "in.png"
-    Image.fromarray((np.random.default_rng(1).random((24, 20, 3)) * 255).astype(np.uint8)).save(src)
-    runner = CliRunner()
-    bad = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "o1"), "--grid-fix", "blur"])
-    assert bad.exit_code == 2 and "choose none or notch" in bad.output
-    assert not (tmp_path / "o1").exists() or not any((tmp_path / "o1").iterdir())
-    outs = {}
-    for fix in ("none", "notch"):
-        r = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / fix), "--model", str(tiny_model_dir),
-                                "--grid-fix", fix])
-        assert r.exit_code == 0, r.output
-        outs[fix] = np.asarray(Image.open(tmp_path / fix / "in_x4.png"))
-    assert outs["none"].shape == (96, 80, 3) and not np.array_equal(outs["none"], outs["notch"])
+    assert outs["none"].shape == (96, 80, 3) and not np.array_equal(outs["none"], outs[on])

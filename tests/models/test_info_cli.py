@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from op4ksr.cli import app
@@ -44,20 +45,15 @@ def test_export_fp16_halves_size_and_stays_close(tiny_model_dir, tmp_path):
     assert again.exit_code != 0 and "exists" in again.output
 
 
-def test_export_sets_the_default_colour_fix(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(("flag", "key", "value", "bad", "choices"), [
+    ("--color-fix", "color_fix", "wavelet", "sepia", "choose none, wavelet or adain"),
+    ("--grid-fix", "grid_fix", "notch", "blur", "choose none or notch"),
+])
+def test_export_sets_the_default_post_steps(tiny_model_dir, tmp_path, flag, key, value, bad, choices):
     out = tmp_path / "shipped"
-    result = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(out), "--color-fix", "wavelet"])
+    result = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(out), flag, value])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "model_index.json").read_text())["color_fix"] == "wavelet"
-    bad = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--color-fix", "sepia"])
-    assert bad.exit_code != 0 and "choose none, wavelet or adain" in bad.output
-
-
-def test_export_sets_the_default_grid_fix(tiny_model_dir, tmp_path):
-    out = tmp_path / "shipped"
-    result = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(out), "--grid-fix", "notch"])
-    assert result.exit_code == 0, result.output
-    assert json.loads((out / "model_index.json").read_text())["grid_fix"] == "notch"
-    bad = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--grid-fix", "blur"])
-    assert bad.exit_code != 0 and "choose none or notch" in bad.output
+    assert json.loads((out / "model_index.json").read_text())[key] == value
+    bad_run = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "x"), flag, bad])
+    assert bad_run.exit_code != 0 and choices in bad_run.output
     assert not (tmp_path / "x").exists()

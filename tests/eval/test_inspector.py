@@ -17,6 +17,7 @@ from op4ksr.eval.diagnostics.inspector import (
     InspectorConfig,
     grid_score,
     inspect_image,
+    tile_scores,
 )
 from op4ksr.eval.diagnostics.spectrum import (
     exclusive_harmonics,
@@ -132,6 +133,18 @@ def test_grid_score_matches_report_and_accepts_tensors() -> None:
     tensor = torch.from_numpy(gridded).permute(2, 0, 1).float() / 255
     assert grid_score(tensor) == pytest.approx(report.score_db, abs=1e-4)
     assert grid_score(tensor[None]) == pytest.approx(report.score_db, abs=1e-4)
+
+
+def test_tile_scores_are_the_heatmap_and_shift_with_the_offset() -> None:
+    rng = np.random.default_rng(0)
+    base = 0.5 + 0.02 * rng.standard_normal((768, 768))
+    base[:256, :256] += token_grid(256, 256, 32, 2 / 255)
+    report = inspect_image(base)
+    np.testing.assert_allclose(tile_scores(base), report.heatmap.ravel())
+    shifted = tile_scores(base, offset=128)  # 512² left after cropping 128 px per side: 2 × 2 tiles
+    assert shifted.shape == (4,)
+    # only the first shifted tile overlaps the grid (a quarter of it): it scores highest, above the threshold
+    assert shifted[0] > DEFAULT_THRESHOLD_DB > shifted[1:].max()
 
 
 def test_heatmap_locates_a_local_grid() -> None:

@@ -112,7 +112,7 @@ def test_full_reference_needs_matching_reference():
 def test_registry_names_and_directions():
     names = metrics.available_metrics()
     for name in ("psnr_y", "ssim_y", "lpips", "lpips_vgg", "dists", "niqe", "brisque", "periodicity",
-                 "topiq_fr", "topiq_nr", "topiq_iaa", "maniqa", "musiq", "clipiqa", "nima"):  # fmt: skip
+                 "periodicity16", "topiq_fr", "topiq_nr", "topiq_iaa", "maniqa", "musiq", "clipiqa", "nima"):  # fmt: skip
         assert name in names
     cls = metrics.metric_class
     assert not cls("psnr_y").lower_better and cls("lpips").lower_better and cls("niqe").lower_better
@@ -287,3 +287,17 @@ def test_periodicity_scores_a_grid_higher():
     scores = m(torch.cat([clean, grid]))
     assert scores.shape == (2,)
     assert scores[1] > scores[0] + 1
+
+
+def test_periodicity16_sees_the_latent_pixel_pattern_that_the_token_score_misses():
+    from op4ksr.eval.diagnostics.inspector import DEFAULT_THRESHOLD_DB
+
+    token, latent = create_metric("periodicity"), create_metric("periodicity16")
+    assert latent.name == "periodicity16" and latent.lower_better and not latent.full_reference
+    clean = to_tensor(data.chelsea()[:256, :256])
+    g = torch.Generator().manual_seed(0)
+    tile = torch.randn(1, 3, 16, 16, generator=g)
+    patterned = (clean + 0.01 * tile.repeat(1, 1, 16, 16)).clamp(0, 1)
+    # a 16-px pattern only has even multiples of 1/32: the token score does not flag it
+    assert float(token(patterned)[0]) < DEFAULT_THRESHOLD_DB < float(latent(patterned)[0])
+    assert float(latent(clean)[0]) < DEFAULT_THRESHOLD_DB

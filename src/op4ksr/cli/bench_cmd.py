@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
             "--methods", help="Comma-separated method specs NAME[:ARG], e.g. "
                               "'bicubic,op4ksr:runs/x/model,op4ksr-tiled:runs/x/model,realesrgan'.")] = _DEFAULT_METHODS,
         metrics: Annotated[str | None, typer.Option(
-            "--metrics", help="Comma-separated metric names (default: the paper's plus periodicity).")] = None,
+            "--metrics", help="Comma-separated metric names (default: the paper's plus periodicity at 32 and 16 px).")] = None,
         max_images: Annotated[int | None, typer.Option("--max-images", min=1, help="At most N images per suite.")] = None,
         runs: Annotated[int, typer.Option("--runs", min=1, help="Timed calls per image (median).")] = 3,
         warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed warm-up calls per image.")] = 1,

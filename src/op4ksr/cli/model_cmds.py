@@ -78,17 +78,16 @@ def export(
 
     import torch
 
-    from op4ksr.models.color import COLOR_FIXES
-    from op4ksr.models.grid_fix import GRID_FIXES
     from op4ksr.models.loading import ModelLoadError, export_pipeline, from_pretrained
+    from op4ksr.models.post_steps import check_post_steps
     from op4ksr.utils.device import resolve_dtype
 
     if out.exists() and not overwrite:
         fail(f"{out}: exists (use --overwrite to replace it)")
-    if color_fix is not None and color_fix not in COLOR_FIXES:
-        fail(f"--color-fix {color_fix!r}: choose none, wavelet or adain")
-    if grid_fix is not None and grid_fix not in GRID_FIXES:
-        fail(f"--grid-fix {grid_fix!r}: choose none or notch")
+    try:
+        check_post_steps(color_fix, grid_fix)
+    except ValueError as exc:
+        fail(str(exc))
     try:
         pipe = from_pretrained(model)
     except ModelLoadError as exc:

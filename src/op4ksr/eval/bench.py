@@ -52,10 +52,11 @@ from op4ksr.eval.metrics import PatchConfig
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
 
-# Metrics of the paper's Tables 3–4 plus the inspector's periodicity score, in table order.
+# Metrics of the paper's Tables 3–4 plus the inspector's periodicity scores (token and latent
+# pixel), in table order.
 DEFAULT_METRICS: tuple[str, ...] = (
     "psnr_y", "ssim_y", "lpips", "dists", "topiq_fr", "niqe", "brisque", "maniqa", "musiq",
-    "clipiqa", "topiq_nr", "topiq_iaa", "nima", "periodicity",
+    "clipiqa", "topiq_nr", "topiq_iaa", "nima", "periodicity", "periodicity16",
 )
 DEFAULT_METHODS: tuple[str, ...] = ("bicubic", "lanczos", "realesrgan", "op4ksr-tiled", "op4ksr")
 RESULTS_SCHEMA_VERSION = 1

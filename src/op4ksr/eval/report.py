@@ -34,9 +34,10 @@ DISPLAY_NAMES = {
     "psnr_y": "PSNR", "ssim_y": "SSIM", "lpips": "LPIPS", "lpips_vgg": "LPIPS-VGG", "dists": "DISTS",
     "topiq_fr": "TOPIQ_FR", "niqe": "NIQE", "brisque": "BRISQUE", "maniqa": "MANIQA", "musiq": "MUSIQ",
     "clipiqa": "CLIPIQA", "topiq_nr": "TOPIQ_NR", "topiq_iaa": "TOPIQ_IAA", "nima": "NIMA",
-    "periodicity": "Periodicity (dB)",
+    "periodicity": "Periodicity (dB)", "periodicity16": "Periodicity 16 px (dB)",
 }
-DECIMALS = {"psnr_y": 2, "niqe": 2, "brisque": 2, "musiq": 2, "topiq_iaa": 2, "nima": 2, "periodicity": 2}
+DECIMALS = {"psnr_y": 2, "niqe": 2, "brisque": 2, "musiq": 2, "topiq_iaa": 2, "nima": 2, "periodicity": 2,
+            "periodicity16": 2}
 GIB = 2**30
 TABLES_MD = "tables.md"
 SUMMARY_CSV = "summary.csv"

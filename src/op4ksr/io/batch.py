@@ -62,13 +62,9 @@ class BatchOptions:
         self.out_dir = Path(self.out_dir)
         if self.color_fix is not None or self.grid_fix is not None:
             # the pipeline's own lists; imported only when asked (they pull in torch)
-            from op4ksr.models.color import COLOR_FIXES
-            from op4ksr.models.grid_fix import GRID_FIXES
+            from op4ksr.models.post_steps import check_post_steps
 
-            if self.color_fix is not None and self.color_fix not in COLOR_FIXES:
-                raise ValueError(f"--color-fix {self.color_fix!r}: choose none, wavelet or adain")
-            if self.grid_fix is not None and self.grid_fix not in GRID_FIXES:
-                raise ValueError(f"--grid-fix {self.grid_fix!r}: choose none or notch")
+            check_post_steps(self.color_fix, self.grid_fix)
         self.fmt = normalise_format(self.fmt)
         if self.existing not in EXISTING_POLICIES:
             raise ValueError(f"existing must be one of {EXISTING_POLICIES}, got {self.existing!r}")

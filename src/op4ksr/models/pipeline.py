@@ -48,8 +48,9 @@ class OP4KSRPipeline(DiffusionPipeline):
         guidance: value fed to a guidance-distilled DiT (``guidance_embeds``); ignored otherwise.
         color_fix: ``none``, ``wavelet`` or ``adain`` — anchor the output's colours to the
             bicubic-upscaled LR (see :mod:`op4ksr.models.color`); a per-call override exists.
-        grid_fix: ``none`` or ``notch`` — remove what the output adds at the 32-px token
-            harmonics, per 256-px window (see :mod:`op4ksr.models.grid_fix`); a per-call override exists.
+        grid_fix: ``none`` or ``notch`` — shrink the output's 32-px token harmonics that stand out
+            of their local spectrum, in 256- then 128-px windows (see :mod:`op4ksr.models.grid_fix`); a
+            per-call override exists.
     """
 
     model_cpu_offload_seq = "vae->transformer"
@@ -190,16 +191,14 @@ class OP4KSRPipeline(DiffusionPipeline):
         grid = getattr(self.config, "grid_fix", "none") if grid_fix is None else grid_fix
         if grid not in GRID_FIXES:
             raise ValueError(f"grid_fix must be one of {GRID_FIXES}, got {grid!r}")
-        if color != "none" or grid != "none":
+        if color != "none":
             reference, _ = self.upsample_and_pad(images.to(self.device, self.dtype))
-            if color != "none":
-                fixed = apply_color_fix(out[..., :height, :width], reference[..., :height, :width], color)
-                out[..., :height, :width] = fixed.clamp_(0.0, 1.0)
-                del fixed
-            if grid != "none":
-                # on the padded output: every window starts on the token grid
-                out = token_notch(out, reference).clamp_(0.0, 1.0)
-            del reference
+            fixed = apply_color_fix(out[..., :height, :width], reference[..., :height, :width], color)
+            out[..., :height, :width] = fixed.clamp_(0.0, 1.0)
+            del fixed, reference
+        if grid != "none":
+            # on the padded output: every window starts on the token grid
+            out = token_notch(out).clamp_(0.0, 1.0)
         return out[..., :height, :width].float()
 
     # ------------------------------------------------------------------ planning

@@ -129,9 +129,9 @@ DECODE_LIVE_TENSORS = 4.0
 DIT_LIVE_TENSORS = 12.0  # hidden-sized activations per token (residuals, q/k/v, MLP 4h, norms)
 # Output-sized RGB fp32 tensors alive during the post-steps, beyond the output itself
 # (calibrated with benchmarks/speed.py; docs/PERFORMANCE.md): the colour anchor's reference, low
-# bands and result; the notch works in place and needs only the reference, shared with the anchor.
-COLOR_FIX_TENSORS = 3
-GRID_FIX_TENSORS = 1
+# bands and result; the notch runs after them, in place, with a half-size blend buffer.
+COLOR_FIX_TENSORS = 3.0
+GRID_FIX_TENSORS = 0.5
 
 
 def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
@@ -160,7 +160,7 @@ def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
     color_on = getattr(pipe.config, "color_fix", "none") != "none"
     grid_on = getattr(pipe.config, "grid_fix", "none") != "none"
     output_tensors = 1 + (COLOR_FIX_TENSORS if color_on else GRID_FIX_TENSORS if grid_on else 0)
-    decode_bytes = int(DECODE_LIVE_TENSORS * batch * dec_max * elem) + output_tensors * batch * 3 * ph * pw * 4
+    decode_bytes = int(DECODE_LIVE_TENSORS * batch * dec_max * elem + output_tensors * batch * 3 * ph * pw * 4)
     return ResourceEstimate(
         height=height, width=width, batch=batch, dtype=str(dtype).replace("torch.", ""),
         vae_params=vae_params, dit_params=dit_params, token_rows=rows, token_cols=cols, text_tokens=text,

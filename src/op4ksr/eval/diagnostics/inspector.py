@@ -336,6 +336,18 @@ def grid_score(image: object, period: int = DEFAULT_PERIOD, config: InspectorCon
     return float(spectra.score(config.top_k, config.n_harmonics).max())
 
 
+def tile_scores(image: object, offset: int = 0, config: InspectorConfig | None = None) -> np.ndarray:
+    """The heat map's per-tile scores (dB), flattened, for tiles starting ``offset`` px into the
+    image on both axes: a grid that changes across the image shows here even when the whole-image
+    score (which needs the pattern to be coherent everywhere) stays low. ``offset`` = half a tile
+    gives tiles that straddle any tiling aligned to the image's origin."""
+    config = config or InspectorConfig()
+    luma = to_luma(image)
+    if offset:
+        luma = luma[offset:-offset, offset:-offset]
+    return _tile_heatmap(luma, config)[1].ravel()
+
+
 @dataclass(frozen=True)
 class ReferenceComparison:
     """The inspected image against a reference of the same size (e.g. the ground truth)."""

@@ -32,6 +32,18 @@ class Periodicity(Metric):
         return torch.tensor([float(self._grid_score(img[None], **self._kwargs)) for img in images], dtype=torch.float64)
 
 
+@register_metric
+class Periodicity16(Periodicity):
+    """The same score at the latent-pixel period (16 px = F16 VAE stride): a DiT SR model's
+    second periodic artifact, invisible to the 32-px score (its exclusive harmonics are the odd
+    multiples of 1/16 cycle per pixel, which are even multiples of 1/32)."""
+
+    name = "periodicity16"
+
+    def __init__(self, **grid_kwargs) -> None:
+        super().__init__(**{"period": 16, **grid_kwargs})
+
+
 PYIQA_WEIGHTS_SUBDIR = "pyiqa"
 
 

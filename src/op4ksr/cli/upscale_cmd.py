@@ -73,8 +73,8 @@ def upscale(
     ] = None,
     grid_fix: Annotated[
         str | None,
-        typer.Option("--grid-fix", help="Remove what the output adds at the 32-px token harmonics: none or notch "
-                                        "(default: the model's)."),
+        typer.Option("--grid-fix", help="Shrink what stands out at the 32-px token harmonics (grids on the "
+                                        "latent lattice): none or notch (default: the model's)."),
     ] = None,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels (decompression-bomb limit).")

@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from op4ksr.api import load_model
-from op4ksr.eval.bench import load_tensor
+from op4ksr.eval.bench import load_tensor, tensor_to_uint8
 from op4ksr.eval.diagnostics.inspector import inspect_image
 from op4ksr.eval.diagnostics.plots import PALETTE, HLine, Series, hstack, line_plot, save_png
-
-
-def _to_image(x: torch.Tensor) -> Image.Image:
-    return Image.fromarray((x.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
 def _high_pass(x: torch.Tensor, gain: float = 8.0) -> torch.Tensor:
@@ -67,8 +62,8 @@ def main() -> None:
     height, width = next(iter(outputs.values())).shape[-2:]
     y, x = args.at if args.at else ((height - args.crop) // 2, (width - args.crop) // 2)
     crops = {name: out[..., y:y + args.crop, x:x + args.crop] for name, out in outputs.items()}
-    row = hstack([_labelled(_to_image(c), name) for name, c in crops.items()])
-    detail = hstack([_labelled(_to_image(_high_pass(c)), f"{name}: high-pass x8") for name, c in crops.items()])
+    row = hstack([_labelled(Image.fromarray(tensor_to_uint8(c)), name) for name, c in crops.items()])
+    detail = hstack([_labelled(Image.fromarray(tensor_to_uint8(_high_pass(c))), f"{name}: high-pass x8") for name, c in crops.items()])
     reports = [inspect_image(outputs[name][0]) for name in list(outputs)[:2]]
     plots = hstack([_harmonics_panel(r, name) for r, name in zip(reports, list(outputs)[:2], strict=True)])
     panels = [row, detail, plots]

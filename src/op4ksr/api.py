@@ -89,12 +89,14 @@ class Upscaler:
     """
 
     def __init__(self, model: Any = None, *, device: str = "auto", dtype: str | None = None,
-                 color_fix: str | None = None, grid_fix: str | None = None):
+                 color_fix: str | None = None, grid_fix: str | None = None, fidelity: float | None = None):
         self.pipe = model if is_pipeline(model) else load_model(model, device=device, dtype=dtype)
         # None keeps the model's own setting (model_index.json); a value overrides it per call:
-        # color_fix "none"/"wavelet"/"adain", grid_fix "none"/"notch".
+        # color_fix "none"/"wavelet"/"adain", grid_fix "none"/"notch", fidelity 0–1 (the
+        # high-frequency compensation's strength: 0 = the decoder alone, 1 = full).
         self.color_fix = color_fix
         self.grid_fix = grid_fix
+        self.fidelity = fidelity
 
     @property
     def native_scale(self) -> int:
@@ -112,8 +114,10 @@ class Upscaler:
         if check is not None:
             check(height * self.native_scale, width * self.native_scale)
 
-    def upscale_data(self, data: ImageData, scale: int = 4, *, tiled: bool = False) -> ImageData:
-        """Upscale pixels and alpha by ``scale``; metadata and kind carry over unchanged."""
+    def upscale_data(self, data: ImageData, scale: int = 4, *, tiled: bool = False,
+                     fidelity: float | None = None) -> ImageData:
+        """Upscale pixels and alpha by ``scale``; metadata and kind carry over unchanged.
+        ``fidelity`` overrides this upscaler's (and the model's) compensation strength."""
         import torch
         import torch.nn.functional as F
 
@@ -129,7 +133,7 @@ class Upscaler:
             # Premultiplied colour: transparent pixels (often black underneath) then weigh
             # nothing when the model and the resize mix neighbours → no dark fringes.
             rgb = rgb * alpha
-        out = self._run_model(rgb, tiled, notes).float().cpu()
+        out = self._run_model(rgb, tiled, notes, self.fidelity if fidelity is None else fidelity).float().cpu()
         if scale != self.native_scale:
             out = F.interpolate(out, size=out_hw, mode="bicubic", align_corners=False, antialias=True)
         out = out.clamp(0.0, 1.0)
@@ -146,11 +150,13 @@ class Upscaler:
         result.notes = notes
         return result
 
-    def _run_model(self, rgb: torch.Tensor, tiled: bool, notes: list[str]) -> torch.Tensor:
+    def _run_model(self, rgb: torch.Tensor, tiled: bool, notes: list[str], fidelity: float | None) -> torch.Tensor:
         import torch
 
         x = rgb.to(self.pipe.device)
         options: dict[str, Any] = {"tiled": tiled}
+        if fidelity is not None:
+            options["fidelity"] = fidelity
         if self.color_fix is not None:
             options["color_fix"] = self.color_fix
         if self.grid_fix is not None:
@@ -169,7 +175,8 @@ class Upscaler:
         raise ImageError("the model produced NaN/Inf values")
 
     def __call__(
-        self, image: Any, scale: int = 4, *, tiled: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+        self, image: Any, scale: int = 4, *, tiled: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+        fidelity: float | None = None,
     ) -> Image.Image:
         """Upscale a PIL image, numpy array or path; returns a PIL image of the input's kind.
 
@@ -177,7 +184,7 @@ class Upscaler:
         writes them as 16-bit PNG/TIFF).
         """
         data = load_image(image, max_pixels=max_pixels)
-        return to_pil(self.upscale_data(data, scale, tiled=tiled))
+        return to_pil(self.upscale_data(data, scale, tiled=tiled, fidelity=fidelity))
 
     def upscale_file(
         self,
@@ -211,12 +218,15 @@ def upscale(
     dtype: str | None = None,
     tiled: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    fidelity: float | None = None,
 ) -> Image.Image:
     """Upscale one image (PIL, numpy or path) → PIL image of the same kind, ``scale``× larger.
+
+    ``fidelity`` (0–1) sets the high-frequency compensation's strength (``None``: the model's).
 
     ``model``: ``None`` (bundled compact), a model folder, or a loaded pipeline / :class:`Upscaler`
     (pass one of those for repeated calls: a name is loaded again on every call).
     """
     upscaler = model if isinstance(model, Upscaler) else Upscaler(model, device=device, dtype=dtype)
-    return upscaler(image, scale, tiled=tiled, max_pixels=max_pixels)
+    return upscaler(image, scale, tiled=tiled, max_pixels=max_pixels, fidelity=fidelity)
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -213,3 +214,27 @@ def test_post_step_options(tmp_path: Path, tiny_model_dir, flag, on, bad, choice
         assert r.exit_code == 0, r.output
         outs[fix] = np.asarray(Image.open(tmp_path / fix / "in_x4.png"))
     assert outs["none"].shape == (96, 80, 3) and not np.array_equal(outs["none"], outs[on])
+
+
+def test_fidelity_option(tmp_path: Path) -> None:
+    from op4ksr.models.presets import build_pipeline
+
+    pipe = build_pipeline("tiny", seed=0)
+    with torch.no_grad():  # a compensation that visibly acts, so that fidelity changes the output
+        for p in pipe.compensation.parameters():
+            p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(0))
+    pipe.save_pretrained(tmp_path / "m")
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((24, 20, 3)) * 255).astype(np.uint8)).save(src)
+    runner = CliRunner()
+    bad = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "bad"), "--model", str(tmp_path / "m"),
+                              "--fidelity", "1.5"])
+    assert bad.exit_code == 2 and "--fidelity 1.5: choose a value from 0" in bad.output
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    outs = {}
+    for value in ("0", "1"):
+        r = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / value), "--model", str(tmp_path / "m"),
+                                "--fidelity", value])
+        assert r.exit_code == 0, r.output
+        outs[value] = np.asarray(Image.open(tmp_path / value / "in_x4.png"))
+    assert outs["0"].shape == (96, 80, 3) and not np.array_equal(outs["0"], outs["1"])

@@ -43,7 +43,7 @@ def qtable_to_quality() -> dict[tuple[int, ...], set[int]]:
 
 
 def test_presets_match_reference_table() -> None:
-    assert available_presets() == ["osediff", "s3diff"]
+    assert available_presets() == ["light", "mild", "osediff", "s3diff"]
     o, s = load_preset("osediff"), load_preset("s3diff")
     assert o.stage1.resize_range == (0.15, 1.5) and s.stage1.resize_range == (0.3, 1.5)
     assert o.stage1.noise_range == (1.0, 30.0) and s.stage1.noise_range == (1.0, 15.0)

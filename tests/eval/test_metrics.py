@@ -301,3 +301,15 @@ def test_periodicity16_sees_the_latent_pixel_pattern_that_the_token_score_misses
     # a 16-px pattern only has even multiples of 1/32: the token score does not flag it
     assert float(token(patterned)[0]) < DEFAULT_THRESHOLD_DB < float(latent(patterned)[0])
     assert float(latent(clean)[0]) < DEFAULT_THRESHOLD_DB
+
+
+def test_delta_e_black_against_white_is_100_and_identity_is_0():
+    from op4ksr.eval.metrics import create_metric
+
+    metric = create_metric("delta_e", crop_border=0)
+    black, white = torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)
+    # CIEDE2000 with a* = b* = 0: ΔL' = 100, S_L = 1 at L̄' = 50 → ΔE00 = 100
+    assert float(metric(black, white)[0]) == pytest.approx(100.0, abs=1e-3)
+    img = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(metric(img, img), torch.zeros(2, dtype=torch.float64))
+    assert create_metric("delta_e").lower_better is True

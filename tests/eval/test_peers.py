@@ -179,6 +179,23 @@ def test_op4ksr_methods_call_the_pipeline(monkeypatch):
     raw = create_method("op4ksr-nogridfix", device="cpu")  # the network's output, notch off
     assert raw.name == "op4ksr-nogridfix" and raw(lr).shape == (1, 3, 8, 12)
     assert pipe.grid_fixes == [None, None, "none"]
+
     tiled.close()
     with pytest.raises(RuntimeError, match="closed"):
         tiled(lr)
+
+
+def test_raw_and_fidelity0_methods_pass_their_overrides(monkeypatch):
+    calls: list[dict] = []
+
+    class _Pipe(_FakePipe):
+        def __call__(self, images, tiled=False, grid_fix=None, **overrides):
+            calls.append({"grid_fix": grid_fix, **overrides})
+            return super().__call__(images, tiled, grid_fix)
+
+    loading = importlib.import_module("op4ksr.models.loading")
+    monkeypatch.setattr(loading, "load_pipeline", lambda model=None, device="auto", dtype=None: _Pipe())
+    lr = torch.rand(1, 3, 4, 6)
+    create_method("op4ksr-raw", device="cpu")(lr)
+    create_method("op4ksr-fidelity0", device="cpu")(lr)
+    assert calls == [{"grid_fix": "none", "color_fix": "none"}, {"grid_fix": None, "fidelity": 0.0}]

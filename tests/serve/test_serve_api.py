@@ -56,7 +56,7 @@ def test_info_reports_models_and_limits(serve_factory):
     info = json.loads(raw)
     assert status == 200
     assert info["default_model"] == "fake" and info["default_scale"] == 2
-    assert info["models"] == [{"name": "fake", "native_scale": 4, "device": "cpu", "scales": [2, 3, 4]}]
+    assert info["models"] == [{"name": "fake", "native_scale": 4, "device": "cpu", "scales": [2, 3, 4], "fidelity": None}]
     assert (info["max_upload_bytes"], info["max_pixels"]) == (123_456, 7_000)
 
 
@@ -354,3 +354,13 @@ def test_scale_beyond_the_model_is_refused_at_start():
 
     with pytest.raises(ValueError, match="scale must be an integer from 2 to the model's native ×2, got 4"):
         make_server({"x2": Upscaler(InterpolationPipeline(scale=2))}, ServeConfig(port=0, scale=4))
+
+
+def test_fidelity_is_checked_and_refused_for_models_without_compensation(serve_factory, png_bytes):
+    running = serve_factory()
+    status, doc = post_image(running.url, png_bytes(8, 8), fidelity="2")
+    assert status == 400 and "fidelity" in doc["error"]
+    status, doc = post_image(running.url, png_bytes(8, 8), fidelity="0.5")
+    assert status == 400 and "has no high-frequency compensation" in doc["error"]
+    info = json.loads(call("GET", running.url + "api/info")[2])
+    assert info["models"][0]["fidelity"] is None

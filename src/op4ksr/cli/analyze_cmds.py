@@ -177,12 +177,58 @@ def _add_mid_timestep(analyze: typer.Typer) -> None:
         typer.echo(f"wrote {path}")
 
 
+def _add_ceiling(analyze: typer.Typer) -> None:
+    @analyze.command("ceiling")
+    def ceiling(
+        model: Annotated[str, typer.Argument(help="Model directory or 'compact'.")],
+        suites: Annotated[list[Path], typer.Argument(help="Paired benchmark suites (syn, mild) from make-bench.")],
+        metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated full-reference metrics.")] = "psnr_y,lpips,delta_e",
+        max_images: Annotated[int | None, typer.Option("--max-images", min=1, help="Images per suite at most.")] = None,
+        crop: Annotated[int, typer.Option("--crop", min=64, help="Centre crop of each image (output pixels).")] = 512,
+        steps: Annotated[int, typer.Option("--steps", min=1, help="Decoder passes fitting the latent to the HR.")] = 40,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the per-image and mean values as JSON.")] = False,
+    ) -> None:
+        """The VAE's reconstruction of the ground truth next to the SR output's (the decoder's ceiling)."""
+        import json
+        from dataclasses import asdict
+
+        import torch
+
+        from op4ksr.eval.bench import build_metrics, load_suites
+        from op4ksr.eval.diagnostics.ceiling import ceiling_means, vae_ceiling
+        from op4ksr.eval.metrics import PatchConfig
+
+        try:
+            loaded = load_suites(suites, max_images=max_images)
+            infos, built = build_metrics([m.strip() for m in metrics.split(",") if m.strip()], scale=4,
+                                         patch=PatchConfig(), device=torch.device("cpu"))
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        unusable = [f"{i.name} ({i.unavailable or 'no-reference'})" for i in infos if i.unavailable or not i.full_reference]
+        if unusable:
+            fail(f"--metrics: not usable here: {', '.join(unusable)}")
+        if not any(s.has_ground_truth for s in loaded):
+            fail("no paired suite given: the ceiling needs ground truth (make-bench syn or mild)")
+        pipe = _load_model(model)
+        rows = vae_ceiling(pipe, loaded, built, crop=crop, steps=steps)
+        means = ceiling_means(rows)
+        if as_json:
+            typer.echo(json.dumps({"model": model, "means": means, "images": [asdict(r) for r in rows]}, indent=1))
+            return
+        names = list(built)
+        for suite, variants in means.items():
+            typer.echo(f"{suite}: mean over {sum(r.suite == suite for r in rows)} images")
+            typer.echo(f"  {'variant':<14}" + "".join(f"{n:>10}" for n in names))
+            for variant, values in variants.items():
+                typer.echo(f"  {variant:<14}" + "".join(f"{values[n]:>10.4f}" for n in names))
+
+
 # One entry per `op4ksr analyze` sub-command.
-_SUBCOMMANDS: tuple[Callable[[typer.Typer], None], ...] = (_add_rope, _add_latents, _add_mid_timestep)
+_SUBCOMMANDS: tuple[Callable[[typer.Typer], None], ...] = (_add_rope, _add_latents, _add_mid_timestep, _add_ceiling)
 
 
 def register(app: typer.Typer) -> None:
-    analyze = typer.Typer(name="analyze", help="Model diagnostics: RoPE phase, latent view, mid-timestep search.", no_args_is_help=True)
+    analyze = typer.Typer(name="analyze", help="Model diagnostics: RoPE phase, latent view, mid-timestep search, VAE ceiling.", no_args_is_help=True)
     for add in _SUBCOMMANDS:
         add(analyze)
     app.add_typer(analyze, name="analyze")

@@ -15,6 +15,7 @@ _SRC_HELP = "Image files or folders (searched recursively)."
 
 class Suite(str, Enum):
     syn = "syn"
+    mild = "mild"
     realsquare = "realsquare"
     realvary = "realvary"
 
@@ -169,11 +170,11 @@ def make_bench(
     suite: Suite = typer.Argument(..., help="syn, realsquare or realvary."),
     src: list[Path] = typer.Argument(..., help=_SRC_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder (manifest.json, hr/, lr/)."),
-    long_side: int = typer.Option(4096, help="syn: HR longer side."),
+    long_side: int = typer.Option(4096, help="syn, mild: HR longer side."),
     size: int = typer.Option(1024, help="realsquare: side; realvary: longer edge."),
-    scale: int = typer.Option(4, help="syn: HR/LR factor."),
-    preset: str = typer.Option("osediff", help="syn: degradation preset or .toml."),
-    seed: int = typer.Option(0, help="syn: degradation seed."),
+    scale: int = typer.Option(4, help="syn, mild: HR/LR factor."),
+    preset: str = typer.Option("osediff", help="syn: degradation preset, .toml or mixture (mild: always the mild preset)."),
+    seed: int = typer.Option(0, help="syn, mild: degradation seed."),
     overwrite: bool = typer.Option(False, help="Rebuild over an existing suite."),
 ) -> None:
     """Build a benchmark suite with a sha256 manifest; rebuilding gives identical files."""

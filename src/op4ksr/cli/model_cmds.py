@@ -54,6 +54,8 @@ def info(
         ("token grid", f"{est.token_rows}×{est.token_cols} = {est.tokens:,} tokens (+{est.text_tokens} text)"),
         ("DiT FLOPs", f"{est.dit_flops / 1e12:.1f} TFLOP (attention {est.dit_attention_flops / 1e12:.1f})"),
         ("VAE FLOPs", f"{est.vae_flops / 1e12:.1f} TFLOP"),
+        ("compensation", f"{est.compensation_params:,} parameters, {est.compensation_flops / 1e12:.2f} TFLOP"
+                         if est.compensation_params else "none"),
         ("weights", human_bytes(est.weights_bytes)),
         ("peak memory (est.)", human_bytes(est.peak_bytes)),
         ("  encode stage", human_bytes(est.encode_bytes)),
@@ -71,6 +73,7 @@ def export(
     dtype: str = typer.Option("fp16", "--dtype", help="Storage dtype: fp16 (half the size), bf16 or fp32."),
     color_fix: str = typer.Option(None, "--color-fix", help="Set the model's default colour anchoring: none, wavelet, adain."),
     grid_fix: str = typer.Option(None, "--grid-fix", help="Set the model's default token-grid fix: none, notch."),
+    fidelity: float = typer.Option(None, "--fidelity", help="Set the model's default compensation strength (0–1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
 ) -> None:
     """Copy a model directory with its weights stored in another dtype (for shipping)."""
@@ -85,7 +88,7 @@ def export(
     if out.exists() and not overwrite:
         fail(f"{out}: exists (use --overwrite to replace it)")
     try:
-        check_post_steps(color_fix, grid_fix)
+        check_post_steps(color_fix, grid_fix, fidelity)
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -93,7 +96,8 @@ def export(
     except ModelLoadError as exc:
         fail(str(exc))
     # None keeps the model's own post-steps
-    options = {k: v for k, v in (("color_fix", color_fix), ("grid_fix", grid_fix)) if v is not None}
+    options = {k: v for k, v in (("color_fix", color_fix), ("grid_fix", grid_fix), ("fidelity", fidelity))
+               if v is not None}
     pipe.register_to_config(**options)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():

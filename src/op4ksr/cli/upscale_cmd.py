@@ -76,6 +76,11 @@ def upscale(
         typer.Option("--grid-fix", help="Shrink what stands out at the 32-px token harmonics (grids on the "
                                         "latent lattice): none or notch (default: the model's)."),
     ] = None,
+    fidelity: Annotated[
+        float | None,
+        typer.Option("--fidelity", help="High-frequency compensation from the input: 0 = the decoder alone "
+                                        "(more generative), 1 = full (most faithful; default: the model's)."),
+    ] = None,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels (decompression-bomb limit).")
     ] = DEFAULT_MAX_PIXELS,
@@ -109,6 +114,7 @@ def upscale(
             tiled=tiled,
             color_fix=color_fix,
             grid_fix=grid_fix,
+            fidelity=fidelity,
         )
         plan = plan_batch(inputs, options)
     except PlanError as exc:
@@ -156,7 +162,7 @@ def _load_upscaler(options: Any, model: str | None, device: str, dtype: str | No
 
     try:
         upscaler = Upscaler(model, device=device, dtype=dtype, color_fix=options.color_fix,
-                            grid_fix=options.grid_fix)
+                            grid_fix=options.grid_fix, fidelity=options.fidelity)
         upscaler.check_scale(options.scale)
     except (ModelLoadError, ValueError) as exc:
         _fail_fast(str(exc), as_json)

@@ -19,7 +19,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,10 @@ from PIL import Image
 from op4ksr.data.imageio import UnreadableImage, decode_rgb, find_images
 from op4ksr.utils.atomic import atomic_write_bytes, atomic_write_text
 
-SUITES = ("syn", "realsquare", "realvary")
+SUITES = ("syn", "mild", "realsquare", "realvary")
+# "mild" is a paired suite like "syn" whose LR always comes from the `mild` preset (clean
+# bicubic ×¼, JPEG q60–90 on half of the images): the inputs people have who upscale clean images.
+PAIRED_SUITES = {"syn": None, "mild": "mild"}  # kind → forced degradation preset (None: --preset)
 
 
 @dataclass(frozen=True)
@@ -128,9 +131,10 @@ def build_suite(
     if manifest_path.exists() and not overwrite:
         raise FileExistsError(f"{manifest_path}: exists (use --overwrite to rebuild)")
     pipe = None
-    if kind == "syn":
+    if kind in PAIRED_SUITES:
         from op4ksr.data.degradations import DegradationPipeline
 
+        config = replace(config, preset=PAIRED_SUITES[kind] or config.preset)
         pipe = DegradationPipeline.from_preset(config.preset, scale=config.scale)
     report = on_progress or (lambda done, total: None)
 
@@ -147,7 +151,7 @@ def build_suite(
             skipped.append({"source": str(path), "reason": f"unreadable image: {exc}"})
             continue
         entry: dict[str, Any] = {"name": name, "source": str(path), "source_sha256": source_sha}
-        if kind == "syn":
+        if kind in PAIRED_SUITES:
             hr = syn_hr_crop(img, config.long_side, config.scale)
             if hr is None:
                 skipped.append({"source": str(path), "reason": f"{img.width}x{img.height}: longer side < {config.long_side}"})
@@ -169,7 +173,7 @@ def build_suite(
     report(len(paths), len(paths))
 
     settings = asdict(config)
-    if kind != "syn":
+    if kind not in PAIRED_SUITES:
         settings = {"size": config.size, "seed": config.seed}
     manifest = {"suite": kind, "settings": settings, "files": entries, "skipped": skipped}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n", overwrite=overwrite)

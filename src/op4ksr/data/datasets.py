@@ -31,12 +31,19 @@ class DatasetConfig:
     train: bool = True  # False: deterministic centre crops, no flips/rotations
     flips: bool = True
     rotations: bool = True  # multiples of 90° (square crops only)
-    preset: str | None = "osediff"  # degradation preset or .toml; None yields HR only
+    preset: str | None = "osediff"  # degradation preset, .toml or mixture "a:w,b:w"; None yields HR only
     seed: int = 0
+    # Training crops first downscale the photo by a factor drawn from this range (a region of
+    # crop/factor pixels, resized to the crop), so that few crops repeat on a small corpus.
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    cache_images: bool = False  # keep decoded photos in memory (small corpora, many epochs)
 
     def __post_init__(self) -> None:
         if self.crop_size % self.scale:
             raise ValueError(f"crop_size {self.crop_size} must be a multiple of scale {self.scale}")
+        lo, hi = self.scale_range
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high <= 1, got {self.scale_range}")
 
 
 def image_sources(sources: list[str | Path]) -> list[Path]:
@@ -82,6 +89,7 @@ class PairedImageDataset(Dataset):
             else None
         )
         self.epoch = 0
+        self._cache: dict[int, torch.Tensor] = {}
 
     def set_epoch(self, epoch: int) -> None:
         """Call at the start of each epoch so training crops differ between epochs."""
@@ -94,18 +102,33 @@ class PairedImageDataset(Dataset):
         epoch = self.epoch if self.config.train else 0
         return np.random.default_rng(np.random.SeedSequence([self.config.seed, epoch, index]))
 
+    def _image(self, index: int) -> torch.Tensor:
+        if index in self._cache:
+            return self._cache[index]
+        img = torch.from_numpy(np.asarray(read_rgb(self.paths[index]), dtype=np.uint8).copy()).permute(2, 0, 1)
+        if self.config.cache_images:
+            self._cache[index] = img
+        return img
+
     def __getitem__(self, index: int) -> dict[str, object]:
         cfg = self.config
         rng = self._rng(index)
-        img = torch.from_numpy(np.asarray(read_rgb(self.paths[index]), dtype=np.uint8).copy())
-        img = img.permute(2, 0, 1).float() / 255.0
+        img = self._image(index)  # uint8 [3, H, W]
         h, w = img.shape[-2:]
         c = cfg.crop_size
+        region = c
+        if cfg.train and cfg.scale_range != (1.0, 1.0):
+            factor = float(rng.uniform(*cfg.scale_range))
+            region = min(int(round(c / factor)), h, w)
         if cfg.train:
-            top, left = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+            top, left = int(rng.integers(0, h - region + 1)), int(rng.integers(0, w - region + 1))
         else:
             top, left = (h - c) // 2, (w - c) // 2
-        hr = img[:, top : top + c, left : left + c]
+        hr = img[:, top : top + region, left : left + region].float() / 255.0
+        if region != c:
+            hr = torch.nn.functional.interpolate(hr[None], size=(c, c), mode="bicubic", align_corners=False,
+                                                 antialias=True)[0].clamp_(0.0, 1.0)
+            hr = (hr * 255.0).round_() / 255.0  # an 8-bit photo, like the unscaled crops
         if cfg.train and cfg.flips and rng.uniform() < 0.5:
             hr = hr.flip(-1)
         if cfg.train and cfg.rotations:

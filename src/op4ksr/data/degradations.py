@@ -17,7 +17,10 @@ which costs a device→host copy per image on GPU. That is deliberate: the diffe
 approximations in the Real-ESRGAN code base do not produce the blocking and ringing of real
 encoders.
 
-Presets live in ``op4ksr/data/presets/<name>.toml`` (``osediff``, ``s3diff``).
+Presets live in ``op4ksr/data/presets/<name>.toml``: ``osediff``, ``s3diff`` (second order), and
+``kind = "simple"`` ones (``mild``, ``light``: an antialiased downscale, then optional light
+noise and JPEG, for people who upscale clean small images). A mixture is written
+``"osediff:0.5,light:0.5"``: each image draws one preset with those weights.
 """
 
 from __future__ import annotations
@@ -125,21 +128,77 @@ class DegradationConfig:
             raise ValueError(f"{path}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class SimpleDegradationConfig:
+    """A one-step degradation: antialiased downscale → optional noise → optional JPEG."""
+
+    name: str = "simple"
+    description: str = ""
+    resize_modes: tuple[str, ...] = ("bicubic",)  # antialiased, like PIL's and MATLAB's imresize
+    noise_prob: float = 0.0
+    noise_range: tuple[float, float] = (1.0, 5.0)  # 8-bit grey levels
+    gray_noise_prob: float = 0.4
+    jpeg_prob: float = 0.0
+    jpeg_range: tuple[int, int] = (60, 95)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.resize_modes) - set(RESIZE_MODES)
+        if unknown or not self.resize_modes:
+            raise ValueError(f"resize_modes must be a non-empty subset of {RESIZE_MODES}, got {self.resize_modes}")
+        lo, hi = self.jpeg_range
+        if not 1 <= lo <= hi <= 100:
+            raise ValueError(f"jpeg_range must lie in [1, 100], got {self.jpeg_range}")
+        for name in ("noise_prob", "gray_noise_prob", "jpeg_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimpleDegradationConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = set(data) - known - {"kind"}
+        if extra:
+            raise ValueError(f"unknown keys {sorted(extra)} for a simple degradation")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "kind"})
+
+
 def available_presets() -> list[str]:
     folder = resources.files("op4ksr.data") / "presets"
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def load_preset(name_or_path: str | Path) -> DegradationConfig:
-    """A bundled preset by name (``osediff``, ``s3diff``) or a TOML file path."""
+def load_preset(name_or_path: str | Path) -> DegradationConfig | SimpleDegradationConfig:
+    """A bundled preset by name (``osediff``, ``s3diff``, ``mild``, ``light``) or a TOML file path."""
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" and candidate.exists():
+        data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+        if data.get("kind") == "simple":
+            try:
+                return SimpleDegradationConfig.from_dict(data)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{candidate}: {exc}") from None
         return DegradationConfig.from_toml(candidate)
     name = str(name_or_path)
     if name not in available_presets():
         raise ValueError(f"unknown degradation preset {name!r}; choose one of {available_presets()} or a .toml file")
-    text = (resources.files("op4ksr.data") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
-    return DegradationConfig.from_dict(tomllib.loads(text))
+    data = tomllib.loads((resources.files("op4ksr.data") / "presets" / f"{name}.toml").read_text(encoding="utf-8"))
+    if data.get("kind") == "simple":
+        return SimpleDegradationConfig.from_dict(data)
+    return DegradationConfig.from_dict(data)
+
+
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+    """``"osediff:0.5,light:0.5"`` → ``[("osediff", 0.5), ("light", 0.5)]`` (weights default to 1)."""
+    parts = []
+    for item in str(spec).split(","):
+        name, _, weight = item.strip().partition(":")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"degradation mixture {spec!r}: weight {weight!r} of {name!r} is not a number") from None
+        if not name or w <= 0:
+            raise ValueError(f"degradation mixture {spec!r}: each item is NAME[:WEIGHT] with a positive weight")
+        parts.append((name, w))
+    return parts
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,7 +387,15 @@ class DegradationPipeline:
 
     @classmethod
     def from_preset(cls, name_or_path: str | Path, scale: int = 4) -> DegradationPipeline:
-        return cls(load_preset(name_or_path), scale=scale)
+        """A preset by name or TOML path, or a mixture ``"a:w,b:w"``; simple presets and mixtures
+        return their own classes, with the same ``__call__``/``degrade``/``degrade_one``."""
+        if "," in str(name_or_path) or ":" in Path(str(name_or_path)).name:
+            return MixtureDegradation(  # type: ignore[return-value]
+                [(cls.from_preset(n, scale), w) for n, w in parse_mixture(str(name_or_path))], scale=scale)
+        config = load_preset(name_or_path)
+        if isinstance(config, SimpleDegradationConfig):
+            return SimpleDegradation(config, scale=scale)  # type: ignore[return-value]
+        return cls(config, scale=scale)
 
     def __call__(self, hr: torch.Tensor, generator: torch.Generator | int | None = None) -> torch.Tensor:
         return self.degrade(hr, generator)[0]
@@ -440,3 +507,54 @@ class DegradationPipeline:
             rec["jpeg_quality"] = quality
             rec["jpeg_qtable"] = qtable
         return img
+
+
+class SimpleDegradation(DegradationPipeline):
+    """Antialiased downscale → optional noise → optional JPEG (:class:`SimpleDegradationConfig`)."""
+
+    def __init__(self, config: SimpleDegradationConfig, scale: int = 4) -> None:  # type: ignore[override]
+        super().__init__(config, scale=scale)  # type: ignore[arg-type]
+
+    def degrade_one(self, hr: torch.Tensor, seed: int) -> tuple[torch.Tensor, DegradationRecord]:
+        cfg: SimpleDegradationConfig = self.config  # type: ignore[assignment]
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        h, w = hr.shape[-2:]
+        lr_size = (h // self.scale, w // self.scale)
+        rec = DegradationRecord(seed=seed, hr_size=(h, w), lr_size=lr_size)
+        mode = _pick(rng, cfg.resize_modes)
+        img = hr.to(torch.float32)
+        if mode == "area":
+            img = F.interpolate(img, size=lr_size, mode="area")
+        else:
+            img = F.interpolate(img, size=lr_size, mode=mode, align_corners=False, antialias=True)
+        rec.final = {"kind": "simple", "resize_mode": mode, "noise": None, "jpeg_quality": None}
+        if rng.uniform() < cfg.noise_prob:
+            sigma = float(rng.uniform(*cfg.noise_range))
+            gray = bool(rng.uniform() < cfg.gray_noise_prob)
+            img = add_gaussian_noise(img.clamp(0, 1), sigma, gray, gen)
+            rec.final["noise"] = {"kind": "gaussian", "sigma": sigma, "gray": gray}
+        if rng.uniform() < cfg.jpeg_prob:
+            quality = int(rng.integers(cfg.jpeg_range[0], cfg.jpeg_range[1] + 1))
+            img, rec.final["jpeg_qtable"] = jpeg_roundtrip(img.clamp(0, 1), quality)
+            rec.final["jpeg_quality"] = quality
+        return (img.clamp(0, 1) * 255.0).round() / 255.0, rec
+
+
+class MixtureDegradation(DegradationPipeline):
+    """Each image drawn from one of several pipelines, with the given weights (from its own seed)."""
+
+    def __init__(self, members: list[tuple[DegradationPipeline, float]], scale: int = 4) -> None:  # type: ignore[override]
+        if not members:
+            raise ValueError("a degradation mixture needs at least one member")
+        super().__init__(members[0][0].config, scale=scale)
+        self.members = [m for m, _ in members]
+        total = sum(w for _, w in members)
+        self.weights = [w / total for _, w in members]
+
+    def degrade_one(self, hr: torch.Tensor, seed: int) -> tuple[torch.Tensor, DegradationRecord]:
+        rng = np.random.default_rng(seed)
+        k = int(rng.choice(len(self.members), p=self.weights))
+        lr, rec = self.members[k].degrade_one(hr, int(rng.integers(0, 2**62)))
+        rec.final["member"] = getattr(self.members[k].config, "name", str(k))
+        return lr, rec

@@ -57,14 +57,15 @@ class BatchOptions:
     tiled: bool = False
     color_fix: str | None = None  # None → the model's own setting
     grid_fix: str | None = None  # None → the model's own setting
+    fidelity: float | None = None  # None → the model's own setting (compensation strength, 0–1)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        if self.color_fix is not None or self.grid_fix is not None:
+        if self.color_fix is not None or self.grid_fix is not None or self.fidelity is not None:
             # the pipeline's own lists; imported only when asked (they pull in torch)
             from op4ksr.models.post_steps import check_post_steps
 
-            check_post_steps(self.color_fix, self.grid_fix)
+            check_post_steps(self.color_fix, self.grid_fix, self.fidelity)
         self.fmt = normalise_format(self.fmt)
         if self.existing not in EXISTING_POLICIES:
             raise ValueError(f"existing must be one of {EXISTING_POLICIES}, got {self.existing!r}")

@@ -45,7 +45,7 @@ class UpscaleActor:
             model = model()
         self.options = BatchOptions(**options)
         self.upscaler = Upscaler(model, device=device, dtype=dtype, color_fix=self.options.color_fix,
-                                 grid_fix=self.options.grid_fix)
+                                 grid_fix=self.options.grid_fix, fidelity=self.options.fidelity)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []

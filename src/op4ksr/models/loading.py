@@ -6,6 +6,7 @@ A model directory is diffusers-like::
     vae/config.json + diffusion_pytorch_model.safetensors
     transformer/config.json + diffusion_pytorch_model.safetensors (or sharded + index)
     prompt/config.json + diffusion_pytorch_model.safetensors
+    compensation/config.json + diffusion_pytorch_model.safetensors   # optional (models/compensation.py)
 
 Only safetensors are read. A directory holding any pickle-format weight file is refused (it
 could run code when loaded), and every error names the part and what is missing or mismatched.
@@ -20,15 +21,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from op4ksr.models.compensation import HighFrequencyCompensation
 from op4ksr.models.pipeline import OP4KSRPipeline
 from op4ksr.models.prompt import FixedPromptEmbeddings
 from op4ksr.models.transformer import OP4KSRTransformer
 from op4ksr.models.vae import F16AutoencoderKL
 from op4ksr.utils.device import resolve_device, resolve_dtype
 
-PIPELINE_OPTIONS = ("sigma", "scale", "guidance", "color_fix", "grid_fix")
+PIPELINE_OPTIONS = ("sigma", "scale", "guidance", "color_fix", "grid_fix", "fidelity")
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 PART_CLASSES = {"vae": F16AutoencoderKL, "transformer": OP4KSRTransformer, "prompt": FixedPromptEmbeddings}
+# Parts a model directory may have; ``model_index.json`` lists them as [null, null] when absent.
+OPTIONAL_PART_CLASSES = {"compensation": HighFrequencyCompensation}
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 DEFAULT_MODEL = "compact"
@@ -84,9 +88,28 @@ def read_state_dict(part_dir: Path) -> dict[str, torch.Tensor]:
     raise ModelLoadError(f"{part_dir}: no {WEIGHTS_NAME} (or sharded index) found")
 
 
+def pipeline_parts(pipe: OP4KSRPipeline) -> dict[str, torch.nn.Module]:
+    """The parts a pipeline holds, required and optional, by name."""
+    parts = {name: getattr(pipe, name) for name in PART_CLASSES}
+    parts.update({name: getattr(pipe, name) for name in OPTIONAL_PART_CLASSES if getattr(pipe, name, None) is not None})
+    return parts
+
+
+def _optional_parts_in(directory: Path, index: dict) -> list[str]:
+    """Optional parts that ``model_index.json`` names with a class (not [null, null])."""
+    present = []
+    for part in OPTIONAL_PART_CLASSES:
+        entry = index.get(part)
+        if isinstance(entry, list) and entry and entry[0] is not None:
+            if not (directory / part).is_dir():
+                raise ModelLoadError(f"{directory}: model_index.json names the {part!r} part but {part}/ is missing")
+            present.append(part)
+    return present
+
+
 def load_part(part: str, part_dir: Path, cls=None, config_overrides: dict | None = None) -> torch.nn.Module:
     """Build ``cls`` from ``part_dir/config.json`` on the meta device and assign its safetensors weights."""
-    cls = cls or PART_CLASSES[part]
+    cls = cls or PART_CLASSES.get(part) or OPTIONAL_PART_CLASSES[part]
     config_file = part_dir / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{part_dir}: the {part!r} part has no config.json")
@@ -138,6 +161,8 @@ def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
         if part not in index or not (directory / part).is_dir():
             raise ModelLoadError(f"{directory}: the {part!r} part is missing")
         parts[part] = load_part(part, directory / part)
+    for part in _optional_parts_in(directory, index):
+        parts[part] = load_part(part, directory / part)
     options = _pipeline_options(index)
     pipe = OP4KSRPipeline(**parts, **options)
     return move_pipeline(pipe, device, dtype)
@@ -148,13 +173,14 @@ def move_pipeline(pipe: OP4KSRPipeline, device: str | torch.device = "auto",
     """Put every part on ``device`` in ``dtype`` (``None``: fp32 on CPU, bf16/fp16 on accelerators)."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    for part in PART_CLASSES:
-        module = getattr(pipe, part)
+    for module in pipeline_parts(pipe).values():
         # nn.Module.to directly: ModelMixin.to warns on every dtype cast
         torch.nn.Module.to(module, device=device, dtype=dtype)
     if device.type == "cpu":
         # channels-last 3×3 convolutions are markedly faster on CPU (docs/PERFORMANCE.md)
         pipe.vae.to(memory_format=torch.channels_last)
+        if pipe.compensation is not None:
+            pipe.compensation.to(memory_format=torch.channels_last)
     return pipe
 
 
@@ -165,10 +191,9 @@ def export_pipeline(pipe: OP4KSRPipeline, directory: str | Path, *, dtype: torch
 
     directory = Path(directory)
     clone = copy.deepcopy(pipe)
-    for part in PART_CLASSES:
-        module = getattr(clone, part)
+    for module in pipeline_parts(clone).values():
         torch.nn.Module.to(module, dtype=dtype)
-    clone.vae.to(memory_format=torch.contiguous_format)
+        module.to(memory_format=torch.contiguous_format)
     clone.save_pretrained(directory)
     return directory
 
@@ -181,6 +206,10 @@ def meta_pipeline_from_dir(directory: str | Path) -> OP4KSRPipeline:
     for part, cls in PART_CLASSES.items():
         if not (directory / part / "config.json").is_file():
             raise ModelLoadError(f"{directory}: the {part!r} part has no config.json")
+        with torch.device("meta"):
+            parts[part] = cls.from_config(cls.load_config(str(directory / part)))
+    for part in _optional_parts_in(directory, index):
+        cls = OPTIONAL_PART_CLASSES[part]
         with torch.device("meta"):
             parts[part] = cls.from_config(cls.load_config(str(directory / part)))
     options = _pipeline_options(index)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 
 from op4ksr.models.color import COLOR_FIXES, apply_color_fix
+from op4ksr.models.compensation import HighFrequencyCompensation
 from op4ksr.models.flow import x0_from_velocity
 from op4ksr.models.grid_fix import GRID_FIXES, token_notch
 from op4ksr.models.packing import PATCH, image_ids, pack_latents, text_ids, unpack_latents
@@ -51,13 +52,19 @@ class OP4KSRPipeline(DiffusionPipeline):
         grid_fix: ``none`` or ``notch`` — shrink the output's 32-px token harmonics that stand out
             of their local spectrum, in 256- then 128-px windows (see :mod:`op4ksr.models.grid_fix`); a
             per-call override exists.
+        compensation: optional high-frequency compensation (the decoder sees the bicubic LR,
+            :mod:`op4ksr.models.compensation`); ``None`` is the paper's pipeline.
+        fidelity: the compensation's strength in [0, 1] (0 = the decoder alone); a per-call
+            override exists.
     """
 
     model_cpu_offload_seq = "vae->transformer"
+    _optional_components = ["compensation"]  # diffusers saves and lists optional parts only if named here
 
     def __init__(self, vae: F16AutoencoderKL, transformer: OP4KSRTransformer, prompt: FixedPromptEmbeddings,
                  sigma: float = 0.7, scale: int = 4, guidance: float = 1.0, color_fix: str = "none",
-                 grid_fix: str = "none"):
+                 grid_fix: str = "none", compensation: HighFrequencyCompensation | None = None,
+                 fidelity: float = 1.0):
         super().__init__()
         if not 0.0 < float(sigma) <= 1.0:
             raise ValueError(f"sigma must be in (0, 1], got {sigma}")
@@ -65,9 +72,10 @@ class OP4KSRPipeline(DiffusionPipeline):
             raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {color_fix!r}")
         if grid_fix not in GRID_FIXES:
             raise ValueError(f"grid_fix must be one of {GRID_FIXES}, got {grid_fix!r}")
-        self.register_modules(vae=vae, transformer=transformer, prompt=prompt)
+        check_fidelity(fidelity)
+        self.register_modules(vae=vae, transformer=transformer, prompt=prompt, compensation=compensation)
         self.register_to_config(sigma=float(sigma), scale=int(scale), guidance=float(guidance), color_fix=color_fix,
-                                 grid_fix=grid_fix)
+                                 grid_fix=grid_fix, fidelity=float(fidelity))
         latent_tokens_channels = vae.config.latent_channels * PATCH * PATCH
         if transformer.config.in_channels != latent_tokens_channels:
             raise ValueError(
@@ -83,6 +91,10 @@ class OP4KSRPipeline(DiffusionPipeline):
     @property
     def scale(self) -> int:
         return int(self.config.scale)
+
+    @property
+    def fidelity(self) -> float:
+        return float(getattr(self.config, "fidelity", 1.0))
 
     @property
     def pad_multiple(self) -> int:
@@ -144,9 +156,25 @@ class OP4KSRPipeline(DiffusionPipeline):
             return_dict=False,
         )[0]
 
-    def decode(self, z0: torch.Tensor) -> torch.Tensor:
-        """Normalised latent → images in [0, 1] (not cropped)."""
-        return self.vae.decode_images(self.vae.denormalize(z0)).clamp_(0.0, 1.0)
+    def decode(self, z0: torch.Tensor, guide_image: torch.Tensor | None = None, fidelity: float | None = None,
+               clamp: bool = True) -> torch.Tensor:
+        """Normalised latent → images in [0, 1] (not cropped).
+
+        ``guide_image`` is the padded bicubic-upscaled LR (:meth:`upsample_and_pad`); with a
+        compensation part and ``fidelity`` > 0 the decoder sees it (``fidelity`` defaults to the
+        model's). ``clamp=False`` keeps gradients of out-of-range values (training).
+        """
+        weight = self.fidelity if fidelity is None else check_fidelity(fidelity)
+        latents = self.vae.denormalize(z0)
+        if self.compensation is None or guide_image is None or weight == 0.0:
+            out = self.vae.decode_images(latents)
+        else:
+            comp = self.compensation
+            guide = comp.guide(guide_image.to(latents.dtype))
+            out = self.vae.decode_images(latents, level_hook=lambda i, f: comp.fuse(i, f, guide, weight))
+            out = comp.refine(out, guide_image.to(out.dtype), guide, weight)
+            del guide
+        return out.clamp_(0.0, 1.0) if clamp else out
 
     def denoise_tiled(self, z_sigma: torch.Tensor, tiles: TileConfig = TileConfig()) -> torch.Tensor:
         """The OMGSR-style baseline: overlapping latent tiles, each with ids starting at 0."""
@@ -170,32 +198,37 @@ class OP4KSRPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ call
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, *, tiled: bool = False, tiles: TileConfig = TileConfig(),
-                 check_memory: bool = True, color_fix: str | None = None, grid_fix: str | None = None) -> torch.Tensor:
+                 check_memory: bool = True, color_fix: str | None = None, grid_fix: str | None = None,
+                 fidelity: float | None = None) -> torch.Tensor:
         """Super-resolve a batch [B, 3, h, w] in [0, 1] → [B, 3, scale·h, scale·w] in [0, 1].
 
-        ``color_fix`` and ``grid_fix`` override the model's configured post-steps for this call.
+        ``color_fix``, ``grid_fix`` and ``fidelity`` override the model's configured values for this call.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] batch, got shape {tuple(images.shape)}")
         b, _, h, w = images.shape
         if check_memory:
             self.check_fits(h * self.scale, w * self.scale, batch=b)
+        weight = self.fidelity if fidelity is None else check_fidelity(fidelity)
         x, (height, width) = self.upsample_and_pad(images.to(self.device, self.dtype))
         z = self.encode(x)
-        del x  # free the full-size input before the DiT: peak is the max of stages, not the sum
+        guide_image = x if self.compensation is not None and weight > 0 else None
+        del x  # without compensation, free the full-size input before the DiT (peak = max of stages)
         z0 = self.denoise_tiled(z, tiles) if tiled else self.denoise(z)
         del z
-        out = self.decode(z0)  # padded to the token grid
+        out = self.decode(z0, guide_image, weight)  # padded to the token grid
         del z0
         color = self.config.color_fix if color_fix is None else color_fix
         grid = getattr(self.config, "grid_fix", "none") if grid_fix is None else grid_fix
         if grid not in GRID_FIXES:
             raise ValueError(f"grid_fix must be one of {GRID_FIXES}, got {grid!r}")
         if color != "none":
-            reference, _ = self.upsample_and_pad(images.to(self.device, self.dtype))
+            reference = guide_image if guide_image is not None else self.upsample_and_pad(
+                images.to(self.device, self.dtype))[0]
             fixed = apply_color_fix(out[..., :height, :width], reference[..., :height, :width], color)
             out[..., :height, :width] = fixed.clamp_(0.0, 1.0)
             del fixed, reference
+        del guide_image
         if grid != "none":
             # on the padded output: every window starts on the token grid
             out = token_notch(out).clamp_(0.0, 1.0)
@@ -213,6 +246,14 @@ class OP4KSRPipeline(DiffusionPipeline):
         from op4ksr.models.planner import check_fits
 
         check_fits(self.estimate(height, width, batch=batch), self.device)
+
+
+def check_fidelity(fidelity: float) -> float:
+    """``fidelity`` as a float, or a ValueError if it is not a number in [0, 1]."""
+    value = float(fidelity)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"fidelity must be in [0, 1] (0 = the decoder alone, 1 = full compensation), got {fidelity}")
+    return value
 
 
 def _tile_starts(length: int, size: int, stride: int) -> list[int]:

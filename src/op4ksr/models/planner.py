@@ -4,6 +4,8 @@ Estimates are analytic, from the model configs and the output size:
 - DiT FLOPs: 2·(matmul parameters)·tokens for the linear layers plus 4·L²·hidden per block for
   attention (QKᵀ and AV), L = image + text tokens.
 - VAE FLOPs: every 3×3/1×1 convolution at the resolution it runs at (walked from the config).
+- Compensation FLOPs: every convolution of the high-frequency compensation at its level
+  (:func:`op4ksr.models.compensation.compensation_flops`); zero without one or at fidelity 0.
 - Peak memory: weights + the largest stage's working set. A stage's working set is modelled as
   a few of its largest activations alive at once (input, output, a GroupNorm temporary); the
   constants are calibrated against measured peaks in ``benchmarks/speed.py`` (docs/PERFORMANCE.md).
@@ -39,6 +41,8 @@ class ResourceEstimate:
     encode_bytes: int
     dit_bytes: int
     decode_bytes: int
+    compensation_params: int = 0
+    compensation_flops: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -46,7 +50,7 @@ class ResourceEstimate:
 
     @property
     def total_flops(self) -> float:
-        return self.dit_flops + self.vae_flops
+        return self.dit_flops + self.vae_flops + self.compensation_flops
 
     @property
     def peak_bytes(self) -> int:
@@ -132,6 +136,9 @@ DIT_LIVE_TENSORS = 12.0  # hidden-sized activations per token (residuals, q/k/v,
 # bands and result; the notch runs after them, in place, with a half-size blend buffer.
 COLOR_FIX_TENSORS = 3.0
 GRID_FIX_TENSORS = 0.5
+# High-frequency compensation during decoding: the kept bicubic input (output-sized RGB) and this
+# many of its widest half-size activations (guide level 0, the RGB head's input and layers).
+COMPENSATION_LIVE_TENSORS = 3.0
 
 
 def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
@@ -161,12 +168,25 @@ def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
     grid_on = getattr(pipe.config, "grid_fix", "none") != "none"
     output_tensors = 1 + (COLOR_FIX_TENSORS if color_on else GRID_FIX_TENSORS if grid_on else 0)
     decode_bytes = int(DECODE_LIVE_TENSORS * batch * dec_max * elem + output_tensors * batch * 3 * ph * pw * 4)
+    comp = getattr(pipe, "compensation", None)
+    comp_flops, comp_params = 0.0, 0
+    if comp is not None:
+        from op4ksr.models.compensation import UNSHUFFLE, compensation_flops
+
+        comp_params = _numel(comp)
+        if getattr(pipe, "fidelity", 1.0) > 0:
+            comp_flops = batch * compensation_flops(comp, ph, pw)
+            ccfg = comp.config
+            widest = max(ccfg.head_channels, 2 * 3 * UNSHUFFLE**2 + ccfg.guide_channels)
+            half = batch * ph * pw // UNSHUFFLE**2
+            decode_bytes += input_bytes + int((ccfg.guide_channels + COMPENSATION_LIVE_TENSORS * widest) * half * elem)
     return ResourceEstimate(
         height=height, width=width, batch=batch, dtype=str(dtype).replace("torch.", ""),
         vae_params=vae_params, dit_params=dit_params, token_rows=rows, token_cols=cols, text_tokens=text,
         dit_flops=dit_flops, dit_attention_flops=batch * attention, vae_flops=batch * (enc + dec),
-        weights_bytes=(vae_params + dit_params) * elem,
+        weights_bytes=(vae_params + dit_params + comp_params) * elem,
         encode_bytes=encode_bytes, dit_bytes=dit_bytes, decode_bytes=decode_bytes,
+        compensation_params=comp_params, compensation_flops=comp_flops,
     )
 
 

@@ -24,6 +24,10 @@ class ModelPreset:
     transformer: dict[str, Any]
     prompt: dict[str, Any]
     pipeline: dict[str, Any] = field(default_factory=dict)
+    # Widths of the high-frequency compensation (models/compensation.py); its level sizes come
+    # from the VAE. Zero-initialised, so a fresh one leaves the decoder's output unchanged.
+    compensation: dict[str, Any] = field(default_factory=lambda: dict(guide_channels=64, head_channels=64,
+                                                                       head_layers=2))
 
 
 _PRESETS: dict[str, ModelPreset] = {}
@@ -80,6 +84,7 @@ register_preset(ModelPreset(
                      guidance_embeds=False, axes_dims_rope=(8, 28, 28), rope_theta=100.0),
     prompt=dict(sequence_length=8, joint_attention_dim=64, pooled_projection_dim=64),
     pipeline=dict(sigma=0.5, scale=4, guidance=1.0),
+    compensation=dict(guide_channels=16, head_channels=32, head_layers=3),
 ))
 
 # For tests: every code path, seconds on a CPU.
@@ -94,6 +99,7 @@ register_preset(ModelPreset(
                      guidance_embeds=False, axes_dims_rope=(4, 6, 6), rope_theta=100.0),
     prompt=dict(sequence_length=4, joint_attention_dim=16, pooled_projection_dim=16),
     pipeline=dict(sigma=0.5, scale=4, guidance=1.0),
+    compensation=dict(guide_channels=8, head_channels=8, head_layers=1),
 ))
 
 
@@ -102,9 +108,11 @@ def build_pipeline(name: str, *, seed: int | None = 0, device: str | torch.devic
     """A pipeline of preset ``name`` with freshly initialised weights.
 
     ``device="meta"`` allocates nothing (for planning the full-size model). ``overrides`` maps a
-    part (``vae``, ``transformer``, ``prompt``, ``pipeline``) to config values that replace the
-    preset's, e.g. ``{"transformer": {"rope_theta": 10000}}``.
+    part (``vae``, ``transformer``, ``prompt``, ``compensation``, ``pipeline``) to config values
+    that replace the preset's, e.g. ``{"transformer": {"rope_theta": 10000}}``. Every preset has
+    a (zero-initialised) compensation part; ``{"compensation": {"enabled": False}}`` leaves it out.
     """
+    from op4ksr.models.compensation import HighFrequencyCompensation
     from op4ksr.models.pipeline import OP4KSRPipeline
     from op4ksr.models.prompt import FixedPromptEmbeddings
     from op4ksr.models.transformer import OP4KSRTransformer
@@ -112,11 +120,12 @@ def build_pipeline(name: str, *, seed: int | None = 0, device: str | torch.devic
 
     preset = get_preset(name)
     overrides = overrides or {}
-    unknown = set(overrides) - {"vae", "transformer", "prompt", "pipeline"}
+    unknown = set(overrides) - {"vae", "transformer", "prompt", "compensation", "pipeline"}
     if unknown:
         raise KeyError(f"unknown override part(s) {sorted(unknown)}")
     cfg = {part: {**getattr(preset, part), **overrides.get(part, {})}
-           for part in ("vae", "transformer", "prompt", "pipeline")}
+           for part in ("vae", "transformer", "prompt", "compensation", "pipeline")}
+    with_compensation = cfg["compensation"].pop("enabled", True)
     device = torch.device(device)
     rng = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
     with rng, torch.device(device):
@@ -129,8 +138,21 @@ def build_pipeline(name: str, *, seed: int | None = 0, device: str | torch.devic
             # A fixed prompt of small random values, like real text embeddings are never all-zero.
             prompt.prompt_embeds.data.normal_(0.0, 0.02)
             prompt.pooled_prompt_embeds.data.normal_(0.0, 0.02)
-    for part in (vae, transformer, prompt):
-        part.eval()  # inference behaviour by default; the trainer switches what it trains
+        # Last, so that the other parts' weights are those of a preset without compensation.
+        compensation = HighFrequencyCompensation.for_vae(vae.config, **cfg["compensation"]) if with_compensation else None
+    for part in (vae, transformer, prompt, compensation):
+        if part is not None:
+            part.eval()  # inference behaviour by default; the trainer switches what it trains
     if device.type == "cpu":
         vae.to(memory_format=torch.channels_last)  # same layout as a loaded model (loading.move_pipeline)
-    return OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, **cfg["pipeline"])
+        if compensation is not None:
+            compensation.to(memory_format=torch.channels_last)
+    return OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, compensation=compensation,
+                          **cfg["pipeline"])
+
+
+def build_compensation(preset: str, vae_config) -> HighFrequencyCompensation:
+    """A fresh (zero-initialised) compensation part with ``preset``'s widths, matched to a VAE."""
+    from op4ksr.models.compensation import HighFrequencyCompensation
+
+    return HighFrequencyCompensation.for_vae(vae_config, **get_preset(preset).compensation)

@@ -15,6 +15,8 @@ whole model at 4K.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -47,13 +49,25 @@ def nearest2x_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 
 class F16Decoder(Decoder):
-    """diffusers' Decoder with UltraFlux's tail: GroupNorm → SiLU → nearest ×2 → conv_out."""
+    """diffusers' Decoder with UltraFlux's tail: GroupNorm → SiLU → nearest ×2 → conv_out.
 
-    def forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    ``level_hook(i, features)``, when given, replaces the output of up block ``i`` (the entry
+    point of :class:`~op4ksr.models.compensation.HighFrequencyCompensation`).
+    """
+
+    def forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | None = None,
+                level_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         sample = self.conv_in(sample)
         checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
-        for block in (self.mid_block, *self.up_blocks):
-            sample = self._gradient_checkpointing_func(block, sample, latent_embeds) if checkpoint else block(sample, latent_embeds)
+
+        def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return self._gradient_checkpointing_func(block, x, latent_embeds) if checkpoint else block(x, latent_embeds)
+
+        sample = run(self.mid_block, sample)
+        for i, block in enumerate(self.up_blocks):
+            sample = run(block, sample)
+            if level_hook is not None:
+                sample = level_hook(i, sample)
         sample = self.conv_act(self.conv_norm_out(sample))
         return nearest2x_conv(sample, self.conv_out)
 
@@ -145,6 +159,12 @@ class F16AutoencoderKL(AutoencoderKL):
         """Images in [0, 1] → posterior mode (un-normalised VAE latent)."""
         return self.encode(images * 2.0 - 1.0).latent_dist.mode()
 
-    def decode_images(self, latents: torch.Tensor) -> torch.Tensor:
-        """Un-normalised VAE latent → images in [0, 1] (not clamped)."""
-        return (self.decode(latents).sample + 1.0) * 0.5
+    def decode_images(self, latents: torch.Tensor,
+                      level_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Un-normalised VAE latent → images in [0, 1] (not clamped); ``level_hook`` as in
+        :class:`F16Decoder` (it bypasses diffusers' tiled decoding, which has no such hook)."""
+        if level_hook is None:
+            return (self.decode(latents).sample + 1.0) * 0.5
+        if self.post_quant_conv is not None:
+            latents = self.post_quant_conv(latents)
+        return (self.decoder(latents, level_hook=level_hook) + 1.0) * 0.5

@@ -38,6 +38,7 @@ class Job:
     scale: int
     folder: Path
     input_path: Path
+    fidelity: float | None = None  # None: the model's own compensation strength
     state: str = QUEUED
     error: str | None = None
     input_size: tuple[int, int] | None = None
@@ -196,7 +197,7 @@ class ModelWorker:
             job.expected_s = self._seconds_per_pixel * out_pixels
         atomic_write_bytes(job.preview_path, preview_png(data.pixels, data.alpha), overwrite=True)
         start = time.perf_counter()
-        result = self.upscaler.upscale_data(data, job.scale)
+        result = self.upscaler.upscale_data(data, job.scale, fidelity=job.fidelity)
         # PNG keeps what the upload had (alpha, 16-bit, ICC) losslessly; notes say what it could not.
         body, save_notes = encode_image(result, "png")
         atomic_write_bytes(job.result_path, body, overwrite=True)

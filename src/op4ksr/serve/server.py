@@ -6,7 +6,7 @@ Endpoints (all JSON unless noted; errors are ``{"error": "<file>: <reason>"}``):
 |---|---|---|
 | GET | ``/`` , ``/static/NAME`` | the page (package data ``serve/static/*``) |
 | GET | ``/api/info`` | models, scales, upload and pixel limits |
-| POST | ``/api/jobs?name=FILE&scale=N&model=M`` | body = the image bytes → 202 ``{id, state, position}`` |
+| POST | ``/api/jobs?name=FILE&scale=N&model=M&fidelity=F`` | body = the image bytes → 202 ``{id, state, position}`` |
 | GET | ``/api/jobs`` , ``/api/jobs/ID`` | job states: queued / running / done / failed (+ ``error``) |
 | GET | ``/api/jobs/ID/before.png`` , ``/api/jobs/ID/result.png`` | the input as 8-bit PNG; the result |
 | DELETE | ``/api/jobs/ID`` | forget a job that is not running, with its files |
@@ -134,7 +134,10 @@ class ServeApp:
             "models": [
                 {"name": label, "native_scale": w.upscaler.native_scale,
                  "device": str(getattr(w.upscaler.pipe, "device", "")),
-                 "scales": list(range(2, w.upscaler.native_scale + 1))}
+                 "scales": list(range(2, w.upscaler.native_scale + 1)),
+                 # the high-frequency compensation's default strength; None: the model has none
+                 "fidelity": (float(getattr(w.upscaler.pipe.config, "fidelity", 1.0))
+                              if getattr(w.upscaler.pipe, "compensation", None) is not None else None)}
                 for label, w in self.workers.items()
             ],
             "default_model": self.default_model,
@@ -150,6 +153,7 @@ class ServeApp:
             "name": job.name,
             "model": job.model,
             "scale": job.scale,
+            "fidelity": job.fidelity,
             "state": state,
             "position": position,
             "error": job.error,
@@ -168,7 +172,8 @@ class ServeApp:
             document["download_name"] = job.download_name
         return document
 
-    def submit(self, body_path: Path, name: str, model: str | None, scale: str | None) -> Job:
+    def submit(self, body_path: Path, name: str, model: str | None, scale: str | None,
+               fidelity: str | None = None) -> Job:
         """Check a stored upload and queue it; raises :class:`HTTPError` (the file is then removed)."""
         label = model or self.default_model
         worker = self.workers.get(label)
@@ -176,6 +181,9 @@ class ServeApp:
             raise HTTPError(HTTPStatus.BAD_REQUEST, f"unknown model {label!r}; choose one of {sorted(self.workers)}")
         try:
             factor = worker.upscaler.check_scale(int(scale) if scale is not None else self.default_scale)
+            strength = None if fidelity is None else _fidelity_value(fidelity)
+            if strength is not None and getattr(worker.upscaler.pipe, "compensation", None) is None:
+                raise ValueError(f"model {label!r} has no high-frequency compensation: fidelity does not apply")
             with open_checked(body_path, self.config.max_pixels) as image:
                 width, height = image.size
             # The planner's estimate, before queueing: refuse early rather than fail after a wait.
@@ -189,7 +197,8 @@ class ServeApp:
         except Exception as exc:  # noqa: BLE001 - the planner's MemoryPlanError (its class is optional)
             raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{name}: {failure_reason(exc)}") from None
         job_id = body_path.parent.name
-        job = Job(id=job_id, name=name, model=label, scale=factor, folder=body_path.parent, input_path=body_path)
+        job = Job(id=job_id, name=name, model=label, scale=factor, folder=body_path.parent, input_path=body_path,
+                  fidelity=strength)
         try:
             worker.submit(job)
         except QueueFull as exc:
@@ -327,7 +336,8 @@ class _Handler(BaseHTTPRequestHandler):
         name = clean_name(_first(query, "name") or self.headers.get("X-Filename"))
         body_path = self._receive_upload(name)
         try:
-            job = app.submit(body_path, name, _first(query, "model"), _first(query, "scale"))
+            job = app.submit(body_path, name, _first(query, "model"), _first(query, "scale"),
+                             _first(query, "fidelity"))
         except HTTPError:
             shutil.rmtree(body_path.parent, ignore_errors=True)
             raise
@@ -417,6 +427,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.wfile.write(body)
+
+
+def _fidelity_value(text: str) -> float:
+    """A ``fidelity`` query value as a float in [0, 1], or ValueError with the accepted range."""
+    from op4ksr.models.post_steps import check_post_steps
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"fidelity {text!r} is not a number from 0 to 1") from None
+    if value != value:  # NaN passes every comparison
+        raise ValueError(f"fidelity {text!r} is not a number from 0 to 1")
+    check_post_steps(None, None, value)
+    return value
 
 
 def _first(query: dict[str, list[str]], key: str) -> str | None:

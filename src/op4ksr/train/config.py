@@ -34,6 +34,9 @@ class RunConfig:
     keep_checkpoints: int = 2
     device: str = "auto"  # auto | cpu (accelerate picks the GPU of each process)
     fsdp: bool = False  # shard the DiT across processes (FSDP2) instead of replicating it (DDP)
+    # Time box: > 0 ends the run after this many minutes of this segment as if max_steps were
+    # reached (checkpoint + export), for recipes that must fit a device budget (train/recipe.py).
+    max_minutes: float = 0.0
 
 
 @dataclass
@@ -48,9 +51,11 @@ class DataConfig:
     train: list[str] = field(default_factory=list)  # folders, files, globs or curation manifests (.jsonl)
     val: list[str] = field(default_factory=list)
     crop_size: int = 256
-    degradation: str = "osediff"  # preset name or .toml path (sr stage)
+    degradation: str = "osediff"  # preset name, .toml path or mixture "osediff:0.5,light:0.5" (sr stage)
     num_workers: int = 0
     val_images: int = 4
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # downscale before cropping
+    cache_images: bool = False  # keep decoded training photos in memory
 
 
 @dataclass
@@ -92,6 +97,11 @@ class SRConfig:
     lora_alpha: int = 64
     train_vae_encoder: bool = True
     train_dit: bool = True
+    # High-frequency compensation (models/compensation.py): added from the preset's widths when
+    # the init model has none; trained here (the decoder itself stays frozen, as in the paper).
+    compensation: bool = True
+    train_compensation: bool = True
+    train_decoder: bool = False  # the ablation's alternative: fine-tune the decoder without the LR
 
 
 @dataclass
@@ -231,6 +241,10 @@ def validate(config: TrainConfig, check_paths: bool = True) -> None:
     for name in ("max_steps", "checkpoint_every", "validate_every", "log_every"):
         if getattr(config.run, name) <= 0:
             raise ConfigError(f"run.{name}: must be positive")
+    if config.run.max_minutes < 0:
+        raise ConfigError("run.max_minutes: must be 0 (no limit) or positive")
+    if len(config.data.scale_range) != 2 or not 0.0 < config.data.scale_range[0] <= config.data.scale_range[1] <= 1.0:
+        raise ConfigError(f"data.scale_range: {config.data.scale_range} must be [low, high] with 0 < low <= high <= 1")
     if config.optim.batch_size <= 0 or config.optim.grad_accum <= 0:
         raise ConfigError("optim.batch_size and optim.grad_accum must be positive")
     if config.data.crop_size % 32:

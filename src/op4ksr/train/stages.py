@@ -227,21 +227,31 @@ class SRStage(Stage):
         if cfg.sr.sigma > 0:
             self.pipe.register_to_config(sigma=float(cfg.sr.sigma))
         self.pipe.transformer.set_rope_theta(cfg.sr.rope_theta)  # RFR (or the θ=10000 baseline)
-        # z_HR comes from a frozen copy of the *original* encoder (OMGSR's L_vae target).
-        self.frozen_vae = copy.deepcopy(self.pipe.vae).eval().requires_grad_(False)
         self.pipe.vae.eval().requires_grad_(False)  # decoder frozen; only LoRA below trains
         self.pipe.transformer.eval().requires_grad_(False)
         self.pipe.prompt.requires_grad_(False)
         settings = LoraSettings(rank=cfg.sr.lora_rank, alpha=cfg.sr.lora_alpha)
         self.adapted: dict[str, list[str]] = {}
         if cfg.sr.train_vae_encoder:
+            # z_HR comes from a frozen copy of the *original* encoder (OMGSR's L_vae target).
+            self.frozen_vae = copy.deepcopy(self.pipe.vae).eval().requires_grad_(False)
             self.adapted["vae"] = add_lora(self.pipe.vae, VAE_ENCODER_TARGETS, settings)
         if cfg.sr.train_dit:
             self.adapted["transformer"] = add_lora(self.pipe.transformer, DIT_TARGETS, settings)
-        # Register the parts as children so DDP/accelerate see the LoRA parameters.
+        if cfg.sr.compensation and self.pipe.compensation is None:
+            from op4ksr.models.presets import build_compensation
+
+            comp = build_compensation(cfg.model.preset, self.pipe.vae.config)
+            self.pipe.register_modules(compensation=comp.to(memory_format=torch.channels_last))
+        if self.pipe.compensation is not None:
+            self.pipe.compensation.train(cfg.sr.train_compensation).requires_grad_(cfg.sr.train_compensation)
+        if cfg.sr.train_decoder:
+            self.pipe.vae.decoder.requires_grad_(True)
+        # Register the parts as children so DDP/accelerate see the trainable parameters.
         self.vae = self.pipe.vae
         self.transformer = self.pipe.transformer
         self.prompt = self.pipe.prompt
+        self.compensation = self.pipe.compensation
         if cfg.run.gradient_checkpointing:
             self.vae.enable_gradient_checkpointing()
             self.transformer.enable_gradient_checkpointing()
@@ -256,23 +266,31 @@ class SRStage(Stage):
         hr, lr = batch["hr"], batch["lr"]
         sigma = self.pipe.sigma
         x, _ = self.pipe.upsample_and_pad(lr)
-        z_lr = self.pipe.encode(x)  # E_LoRA(LR), taken as z_σ
-        with torch.no_grad():
-            z_hr = self.frozen_vae.normalize(self.frozen_vae.encode_mode(hr))
-        noise = torch.randn(z_hr.shape, generator=generator, device=z_hr.device, dtype=z_hr.dtype)
-        l_vae = F.mse_loss(z_lr, noisy_latent(z_hr, noise, sigma))
-        z0 = self.pipe.denoise(z_lr)
-        sr = self.pipe.vae.decode_images(self.pipe.vae.denormalize(z0))[..., : hr.shape[-2], : hr.shape[-1]]
+        logs: dict[str, float] = {}
+        # Without LoRA (compensation- or decoder-only runs) the latent path needs no graph.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.adapted)):
+            z_lr = self.pipe.encode(x)  # E_LoRA(LR), taken as z_σ
+            l_vae = None
+            if "vae" in self.adapted:
+                with torch.no_grad():
+                    z_hr = self.frozen_vae.normalize(self.frozen_vae.encode_mode(hr))
+                noise = torch.randn(z_hr.shape, generator=generator, device=z_hr.device, dtype=z_hr.dtype)
+                l_vae = F.mse_loss(z_lr, noisy_latent(z_hr, noise, sigma))
+            z0 = self.pipe.denoise(z_lr)
+        # full compensation in training; users turn it down with --fidelity
+        sr = self.pipe.decode(z0, x, fidelity=1.0, clamp=False)[..., : hr.shape[-2], : hr.shape[-1]]
         loss, logs = self.losses(sr, hr)
-        logs["vae_align"] = float(l_vae.detach())
         self._last_fake = sr
-        return loss + self.vae_align * l_vae, logs
+        if l_vae is not None:
+            logs["vae_align"] = float(l_vae.detach())
+            loss = loss + self.vae_align * l_vae
+        return loss, logs
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         hr, lr = batch["hr"], batch["lr"]
         x, (h, w) = self.pipe.upsample_and_pad(lr)
-        pred = self.pipe.decode(self.pipe.denoise(self.pipe.encode(x)))[..., :h, :w]
+        pred = self.pipe.decode(self.pipe.denoise(self.pipe.encode(x)), x)[..., :h, :w]
         return {"pred": pred, "target": hr, "bicubic": x[..., :h, :w]}
 
     def export(self, directory: Path) -> Path:
@@ -287,7 +305,12 @@ class SRStage(Stage):
             save_lora(getattr(pipe, part), adapters / f"{part}_lora.safetensors")
             merge_lora(getattr(pipe, part))
         pipe.save_pretrained(directory)
-        _write_training_note(directory, "sr", trained=sorted(self.adapted))
+        trained = sorted(self.adapted)
+        if self.compensation is not None and any(p.requires_grad for p in self.compensation.parameters()):
+            trained.append("compensation")
+        if any(p.requires_grad for p in self.pipe.vae.decoder.parameters()):
+            trained.append("vae.decoder")
+        _write_training_note(directory, "sr", trained=trained)
         return directory
 
 

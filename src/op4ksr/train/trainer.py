@@ -60,6 +60,7 @@ def _make_dataset(cfg: TrainConfig, scale: int, *, train: bool):
     dataset = PairedImageDataset(sources, DatasetConfig(
         crop_size=cfg.data.crop_size, scale=scale, train=train,
         preset=cfg.data.degradation if cfg.stage == "sr" else None, seed=cfg.run.seed,
+        scale_range=tuple(cfg.data.scale_range) if train else (1.0, 1.0), cache_images=cfg.data.cache_images and train,
     ))
     if train and len(dataset) == 0:
         skipped = "; ".join(f"{p}: {why}" for p, why in dataset.skipped[:3])
@@ -289,6 +290,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
             if flag.stop or (stop_at_step is not None and step >= stop_at_step):
                 interrupted = True
                 break
+            if cfg.run.max_minutes > 0 and _time_is_up(accelerator, started, cfg.run.max_minutes, device):
+                break  # a finished run at fewer steps: checkpoint and export below
     if writer is not None:
         writer.close()
     model_dir = None
@@ -306,6 +309,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
         accelerator.wait_for_everyone()
     return TrainResult(output_dir=out, steps_done=step - first_step, final_step=step, interrupted=interrupted,
                        wall_seconds=time.perf_counter() - started, model_dir=model_dir, history=history)
+
+
+def _time_is_up(accelerator, started: float, minutes: float, device: torch.device) -> bool:
+    """Whether the time box is spent, agreed by every rank (the slowest clock decides)."""
+    over = time.perf_counter() - started > minutes * 60.0
+    if accelerator.num_processes == 1:
+        return over
+    flag = accelerator.reduce(torch.tensor([1.0 if over else 0.0], device=device), reduction="max")
+    return bool(flag.item() > 0)
 
 
 def _gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:

@@ -185,19 +185,22 @@ class OP4KSRMethod(SRMethod):
 
     def __init__(self, arg: str | None = None, *, device: str | torch.device = "auto",
                  dtype: str | torch.dtype | None = None, tiled: bool = False, grid_fix: str | None = None,
-                 name: str | None = None) -> None:
+                 color_fix: str | None = None, fidelity: float | None = None, name: str | None = None) -> None:
         from op4ksr.models.loading import load_pipeline  # heavy: diffusers
 
         self.pipe: Any = load_pipeline(arg, device=device, dtype=dtype)
         self.tiled = tiled
-        self.grid_fix = grid_fix  # None: the model's own setting
+        self.grid_fix = grid_fix  # None: the model's own setting (also for the two below)
+        self.color_fix = color_fix
+        self.fidelity = fidelity
         name = name or ("op4ksr-tiled" if tiled else "op4ksr")
         super().__init__(name=name, scale=self.pipe.scale, device=self.pipe.device)
 
     def upscale(self, lr: torch.Tensor) -> torch.Tensor:
         if self.pipe is None:
             raise RuntimeError(f"{self.name}: method was closed")
-        return self.pipe(lr, tiled=self.tiled, grid_fix=self.grid_fix)
+        overrides = {k: v for k, v in (("color_fix", self.color_fix), ("fidelity", self.fidelity)) if v is not None}
+        return self.pipe(lr, tiled=self.tiled, grid_fix=self.grid_fix, **overrides)
 
     def close(self) -> None:
         self.pipe = None
@@ -213,6 +216,18 @@ def _op4ksr(arg: str | None = None, *, device: str | torch.device = "auto", **op
 def _op4ksr_no_grid_fix(arg: str | None = None, *, device: str | torch.device = "auto", **options: Any) -> OP4KSRMethod:
     """The model with its token-harmonic notch off: what the network alone produces."""
     return OP4KSRMethod(arg, device=device, grid_fix="none", name="op4ksr-nogridfix", **options)
+
+
+@register_method("op4ksr-raw")
+def _op4ksr_raw(arg: str | None = None, *, device: str | torch.device = "auto", **options: Any) -> OP4KSRMethod:
+    """The network's own output: colour anchor and notch off (the compensation, if any, on)."""
+    return OP4KSRMethod(arg, device=device, grid_fix="none", color_fix="none", name="op4ksr-raw", **options)
+
+
+@register_method("op4ksr-fidelity0")
+def _op4ksr_fidelity0(arg: str | None = None, *, device: str | torch.device = "auto", **options: Any) -> OP4KSRMethod:
+    """The model as configured but with the high-frequency compensation off (the decoder alone)."""
+    return OP4KSRMethod(arg, device=device, fidelity=0.0, name="op4ksr-fidelity0", **options)
 
 
 @register_method("op4ksr-tiled")

@@ -27,6 +27,9 @@ async function loadInfo() {
   modelSelect.disabled = info.models.length < 2;
   fillScales();
   modelSelect.addEventListener("change", fillScales);
+  $("fidelity").addEventListener("input", () => {
+    $("fidelity-value").textContent = Number($("fidelity").value).toFixed(2);
+  });
   $("limits").textContent =
     `Limits: ${megabytes(info.max_upload_bytes)} per file, ${info.max_pixels.toLocaleString()} input pixels.`;
 }
@@ -37,6 +40,12 @@ function fillScales() {
   const previous = Number(scaleSelect.value) || info.default_scale;
   scaleSelect.replaceChildren(...model.scales.map((s) => new Option(`×${s}`, String(s))));
   scaleSelect.value = String(model.scales.includes(previous) ? previous : model.native_scale);
+  // The fidelity slider only for models with a high-frequency compensation part.
+  $("fidelity-label").hidden = model.fidelity === null || model.fidelity === undefined;
+  if (!$("fidelity-label").hidden) {
+    $("fidelity").value = String(model.fidelity);
+    $("fidelity-value").textContent = Number(model.fidelity).toFixed(2);
+  }
 }
 
 async function upload(file) {
@@ -46,6 +55,7 @@ async function upload(file) {
     return;
   }
   const params = new URLSearchParams({ name: file.name, model: $("model").value, scale: $("scale").value });
+  if (!$("fidelity-label").hidden) params.set("fidelity", $("fidelity").value);
   let response;
   try {
     response = await fetch(`/api/jobs?${params}`, {

@@ -18,6 +18,7 @@ from op4ksr.io.images import (
     ImageData,
     ImageError,
     load_image,
+    open_checked,
     save_image,
     to_pil,
 )
@@ -203,6 +204,10 @@ class Upscaler:
         The output exists under its name only once fully written; raises ``ImageError``,
         ``FileExistsError`` or the planner's ``MemoryPlanError`` with a one-line reason.
         """
+        # The memory plan from the header, before decoding: a tiny PNG can declare 8000² pixels.
+        with open_checked(source, max_pixels=max_pixels) as header:
+            width, height = header.size
+        self.check_fits(width, height)
         data = load_image(source, max_pixels=max_pixels)
         result = self.upscale_data(data, scale, tiled=tiled)
         save_notes = save_image(result, output, fmt, quality=quality, overwrite=overwrite)

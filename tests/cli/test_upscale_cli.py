@@ -238,3 +238,147 @@ def test_fidelity_option(tmp_path: Path) -> None:
         assert r.exit_code == 0, r.output
         outs[value] = np.asarray(Image.open(tmp_path / value / "in_x4.png"))
     assert outs["0"].shape == (96, 80, 3) and not np.array_equal(outs["0"], outs["1"])
+
+
+# --- hostile inputs and careless use (docs/SECURITY.md) -------------------------------------
+
+
+def test_memory_plan_is_checked_from_the_header_before_decoding(tmp_path: Path, monkeypatch) -> None:
+    from op4ksr.models.planner import MemoryPlanError
+
+    class _Small(InterpolationPipeline):
+        def check_fits(self, height, width, batch=1):
+            if height * width > 1000 * 1000:
+                raise MemoryPlanError(f"{width}×{height} output needs ~9 GiB on cpu but ~1 GiB is free")
+
+    monkeypatch.setattr(op4ksr.api, "load_model", lambda model=None, **kw: _Small())
+    decoded: list[str] = []
+    real_load = op4ksr.api.load_image
+    monkeypatch.setattr(op4ksr.api, "load_image", lambda src, **kw: decoded.append(str(src)) or real_load(src, **kw))
+    big = tmp_path / "big.png"
+    Image.new("L", (8000, 8000)).save(big, optimize=True)  # a few KB on disk, 64 MP once decoded
+    assert big.stat().st_size < 200_000
+    result = _run([str(big), "-o", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 1
+    entry = json.loads(result.stdout)["files"][0]
+    assert entry["status"] == "failed" and entry["reason"].startswith("too large for this device")
+    assert decoded == []  # refused from the header: no pixel was decoded
+
+
+def test_suffix_cannot_escape_the_output_folder(tmp_path: Path, fake_model) -> None:
+    src = _photo(tmp_path / "in" / "a.png")
+    result = _run([str(src), "-o", str(tmp_path / "out"), "--suffix", "/../../escaped"])
+    assert result.exit_code == 2 and "--suffix '/../../escaped': a name suffix cannot hold" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"] and fake_model == []
+
+
+def test_output_folder_linked_outside_is_refused(tmp_path: Path, fake_model) -> None:
+    src = _photo(tmp_path / "in" / "sub" / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "sub").symlink_to(tmp_path / "elsewhere")  # the mirrored subfolder leads out
+    result = _run([str(tmp_path / "in"), "-r", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "would be written outside -o" in result.output
+    assert list((tmp_path / "elsewhere").iterdir()) == [] and fake_model == []
+
+
+def test_out_naming_an_existing_file_fails_before_the_model_loads(tmp_path: Path, fake_model) -> None:
+    src = _photo(tmp_path / "a.png")
+    (tmp_path / "report.txt").write_text("keep me")
+    result = _run([str(src), "-o", str(tmp_path / "report.txt")])
+    assert result.exit_code == 2 and "exists and is not a folder" in result.output
+    assert fake_model == [] and (tmp_path / "report.txt").read_text() == "keep me"
+
+
+def test_out_symlink_loop_is_one_line(tmp_path: Path, fake_model) -> None:
+    src = _photo(tmp_path / "a.png")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    result = _run([str(src), "-o", str(loop)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "symbolic link loop" in lines[0]
+
+
+def test_ctrl_c_prints_the_summary_and_the_json(tmp_path: Path, fake_model, monkeypatch) -> None:
+    import op4ksr.io.images
+
+    writes: list[str] = []
+    real = op4ksr.io.images.write_temp_bytes
+
+    def second_write_interrupted(tmp: Path, body: bytes) -> None:
+        writes.append(tmp.name)
+        if len(writes) == 2:
+            tmp.write_bytes(body[:10])
+            raise KeyboardInterrupt
+        real(tmp, body)
+
+    monkeypatch.setattr(op4ksr.io.images, "write_temp_bytes", second_write_interrupted)
+    srcs = [str(_photo(tmp_path / f"{n}.png")) for n in "abc"]
+    result = _run([*srcs, "-o", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 130
+    report = json.loads(result.stdout)
+    assert report["summary"] == {**report["summary"], "done": 1, "failed": 1, "skipped": 1, "interrupted": True}
+    assert [f["status"] for f in report["files"]] == ["done", "failed", "skipped"]
+    assert "1 done, 1 skipped, 1 failed" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x4.png"]
+
+
+_TERM_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    import op4ksr.api, op4ksr.io.images
+    from op4ksr.io.testing import InterpolationPipeline
+
+    op4ksr.api.load_model = lambda model=None, **kw: InterpolationPipeline()
+    marker = sys.argv[1]
+
+    def stalled_write(tmp, body):
+        with open(tmp, "wb") as fh:
+            fh.write(body[: len(body) // 2])
+        open(marker, "w").close()
+        time.sleep(600)
+
+    op4ksr.io.images.write_temp_bytes = stalled_write
+    from op4ksr.cli import app
+    app(["upscale", *sys.argv[2:]], prog_name="op4ksr")
+    """
+)
+
+
+def test_sigterm_during_write_is_handled_like_ctrl_c(tmp_path: Path) -> None:
+    src = _photo(tmp_path / "a.png", (64, 48))
+    out = tmp_path / "out"
+    script, marker = tmp_path / "termme.py", tmp_path / "writing"
+    script.write_text(_TERM_SCRIPT, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(marker), str(src), "-o", str(out), "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the CLI ended before writing"
+            assert time.monotonic() < deadline, "the CLI never reached the write"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert json.loads(stdout)["summary"]["interrupted"] is True
+    assert "0 done, 0 skipped, 1 failed" in stderr
+    assert list(out.iterdir()) == []  # the temporary went with the interrupted write
+
+
+def test_dangling_links_and_linked_folders_are_reported(tmp_path: Path, fake_model) -> None:
+    folder = tmp_path / "in"
+    _photo(folder / "a.png")
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "other").mkdir()
+    (folder / "linked").symlink_to(tmp_path / "other", target_is_directory=True)
+    result = _run([str(folder), "-o", str(tmp_path / "out"), "--json"])
+    files = {Path(f["input"]).name: f for f in json.loads(result.stdout)["files"]}
+    assert files["gone.png"]["status"] == "failed" and files["gone.png"]["reason"] == "broken symbolic link"
+    assert files["linked"]["status"] == "skipped" and "not followed" in files["linked"]["reason"]
+    assert files["a.png"]["status"] == "done"

@@ -141,7 +141,7 @@ def test_huge_declared_upload_is_refused_without_reading_it(serve_factory):
     response = connection.getresponse()
     assert response.status == 413
     assert response.getheader("Connection") == "close"
-    assert "huge.tif: 10240.0 MB exceeds the upload limit" in json.loads(response.read())["error"]
+    assert "huge.tif: 10,737,418,240 bytes exceeds the upload limit of 1,000 bytes" in json.loads(response.read())["error"]
     connection.close()
 
 
@@ -230,17 +230,18 @@ def test_cross_origin_post_is_refused(serve_factory, png_bytes):
     assert same[0] == 202
 
 
-def test_delete_and_eviction_remove_files(serve_factory, png_bytes, wait_finished):
+def test_delete_and_eviction_remove_files(serve_factory, png_bytes, wait_finished, wait_until):
     running = serve_factory(keep_jobs=1)
     ids = []
     for name in ("a.png", "b.png"):
         ids.append(post_image(running.url, png_bytes(8, 8), name)[1]["id"])
         wait_finished(running.url, ids[-1])
     first_folder = running.server.app.work_dir / ids[0]
-    assert (first_folder / "result.png").is_file()
-    # Two finished jobs, one kept: the oldest is forgotten (with its files) at the next upload.
+    # Two finished jobs, one kept: the oldest is forgotten (with its files) as soon as the second
+    # finishes, not only at the next upload.
+    wait_until(lambda: not first_folder.exists())  # the worker evicts right after marking b done
+    assert call("GET", f"{running.url}api/jobs/{ids[0]}")[0] == 404
     ids.append(post_image(running.url, png_bytes(8, 8), "c.png")[1]["id"])
-    assert call("GET", f"{running.url}api/jobs/{ids[0]}")[0] == 404 and not first_folder.exists()
     assert call("GET", f"{running.url}api/jobs/{ids[1]}")[0] == 200
     for job_id in ids[1:]:
         wait_finished(running.url, job_id)

@@ -52,6 +52,11 @@ def serve(
         typer.Option("--work-dir", help="Folder for uploads and results (default: a temporary folder, "
                      "removed on exit)."),
     ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option("--allow-host", help="A host name requests may use besides the bound address and localhost "
+                     "(e.g. the name a reverse proxy forwards); repeatable."),
+    ] = None,
 ) -> None:
     """Serve a local web page: drop images, watch progress, compare before/after, download."""
     from op4ksr.api import ModelLoadError, Upscaler
@@ -68,7 +73,7 @@ def serve(
             fail(str(exc), 2)
     config = ServeConfig(
         host=host, port=port, scale=scale, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
-        max_pending=max_queue, keep_jobs=keep_jobs, work_dir=work_dir,
+        max_pending=max_queue, keep_jobs=keep_jobs, work_dir=work_dir, allow_hosts=tuple(allow_host or ()),
     )
     try:
         server = make_server(upscalers, config, on_finish=_report_job)

@@ -1,12 +1,15 @@
 """``op4ksr upscale``: files, folders and globs → upscaled files, with a summary or JSON report.
 
 Exit codes: 0 all done/skipped, 1 some file failed, 2 nothing was started (bad options,
-colliding outputs, model unavailable). See docs/UPSCALE.md.
+colliding outputs, model unavailable), 130 interrupted (Ctrl-C or SIGTERM: the file being
+written is removed, the summary and the JSON report still come). See docs/UPSCALE.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -129,11 +132,35 @@ def upscale(
         "format": options.fmt,
         "output_dir": str(out),
     }
-    if ray is not None:
-        report = _run_ray(plan, options, model, device, dtype, ray, ray_actors, as_json, meta)
-    else:
-        report = _run_local(plan, options, model, device, dtype, as_json, meta)
+    from op4ksr.io.batch import interrupted_report
+
+    with _sigterm_as_interrupt():
+        try:
+            if ray is not None:
+                report = _run_ray(plan, options, model, device, dtype, ray, ray_actors, as_json, meta)
+            else:
+                report = _run_local(plan, options, model, device, dtype, as_json, meta)
+        except KeyboardInterrupt:  # before the batch started (loading the model) or on the Ray path
+            report = interrupted_report(plan)
     _finish(report, meta, as_json)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """`kill` (SIGTERM) stops a batch like Ctrl-C: the current write removes its temporary,
+    the files done so far stay, and the summary is printed."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (e.g. inside a test runner's worker)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_local(plan: Any, options: Any, model: str | None, device: str, dtype: str | None,
@@ -242,6 +269,8 @@ def _finish(report: Any, meta: dict[str, Any], as_json: bool) -> None:
         err=as_json,
     )
     sys.stdout.flush()
+    if report.interrupted:
+        raise typer.Exit(130)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -71,6 +71,8 @@ class BatchOptions:
             raise ValueError(f"existing must be one of {EXISTING_POLICIES}, got {self.existing!r}")
         if self.quality is not None and not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be 1–100, got {self.quality}")
+        if self.suffix is not None and (any(c in self.suffix for c in "/\\\0") or ".." in self.suffix):
+            raise ValueError(f"--suffix {self.suffix!r}: a name suffix cannot hold '/', '\\', '..' or NUL")
 
     @property
     def name_suffix(self) -> str:
@@ -122,6 +124,7 @@ class BatchReport:
     results: list[FileResult]
     stale_temps_removed: int = 0
     seconds: float = 0.0
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM; the results say which files were done
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -138,6 +141,7 @@ class BatchReport:
             "failed": self.count("failed"),
             "stale_temps_removed": self.stale_temps_removed,
             "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
         }
 
     def to_json_dict(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -226,6 +230,10 @@ def collect_inputs(
             for entry in sorted(entries):
                 if entry.is_file():
                     add(entry, path, str(entry), explicit=False)
+                elif entry.is_symlink() and not _is_hidden(entry.relative_to(path)):
+                    # said, not dropped: a dangling link, or a linked folder rglob does not follow
+                    reason = "broken symbolic link" if not entry.exists() else "symbolic link to a folder (not followed)"
+                    results.append(FileResult(str(entry), None, "failed" if not entry.exists() else "skipped", reason))
         elif path.is_file():
             add(path, None, arg, explicit=True)
         elif glob.has_magic(arg):
@@ -257,8 +265,26 @@ def stale_temps_for(output: Path) -> list[Path]:
     return sorted(p for p in output.parent.glob(pattern) if p.is_file())
 
 
+def check_out_dir(out_dir: Path) -> Path:
+    """``-o`` as a resolved folder path; PlanError if it cannot be one (an existing file, a
+    symlink loop, a path through a file). Nothing is created here."""
+    try:
+        resolved = out_dir.resolve(strict=False)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise PlanError([f"-o {out_dir}: exists and is not a folder; choose a folder"])
+    except RuntimeError:  # Path.resolve on a symlink loop (Python < 3.13)
+        raise PlanError([f"-o {out_dir}: symbolic link loop; choose another folder"]) from None
+    except OSError as exc:
+        raise PlanError([f"-o {out_dir}: cannot be used as the output folder ({exc.strerror or exc})"]) from None
+    for parent in resolved.parents:
+        if parent.exists() and not parent.is_dir():
+            raise PlanError([f"-o {out_dir}: {parent} is a file, not a folder"])
+    return resolved
+
+
 def plan_batch(inputs: Sequence[str | os.PathLike], options: BatchOptions) -> BatchPlan:
     """Collect inputs and choose outputs; raise :class:`PlanError` before any work on conflicts."""
+    out_root = check_out_dir(options.out_dir)
     found, preflight = collect_inputs(inputs, recursive=options.recursive, exclude=options.out_dir)
     input_keys = {_key(f.source): f.label for f in found}
     by_output: dict[str, list[_Found]] = {}
@@ -269,6 +295,9 @@ def plan_batch(inputs: Sequence[str | os.PathLike], options: BatchOptions) -> Ba
         by_output.setdefault(key, []).append(f)
         outputs[key] = out
     problems: list[str] = []
+    for key, out in outputs.items():
+        if not out.resolve(strict=False).is_relative_to(out_root):  # e.g. a folder inside -o linked elsewhere
+            problems.append(f"{out}: would be written outside -o {options.out_dir}; refused")
     out_key = _key(options.out_dir)
     for raw in inputs:
         if Path(raw).is_dir() and _key(Path(raw)) == out_key:
@@ -380,12 +409,26 @@ def run_batch(
     start = time.perf_counter()
     removed = remove_stale_temps(plan)
     results = list(plan.preflight)
-    for item in plan.items:
-        result = process(item)
+    for i, item in enumerate(plan.items):
+        try:
+            result = process(item)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the write in progress removed its temporary
+            results.append(FileResult(item.label, str(item.output), "failed", "interrupted; no output written",
+                                      seconds=0.0))
+            results.extend(FileResult(rest.label, str(rest.output), "skipped", "not started (interrupted)")
+                           for rest in plan.items[i + 1:])
+            return BatchReport(results, removed, time.perf_counter() - start, interrupted=True)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return BatchReport(results, removed, time.perf_counter() - start)
+
+
+def interrupted_report(plan: BatchPlan, seconds: float = 0.0) -> BatchReport:
+    """The report of a batch stopped before (or without knowing) which files were done."""
+    results = [*plan.preflight, *(FileResult(i.label, str(i.output), "skipped", "not started (interrupted)")
+                                  for i in plan.items)]
+    return BatchReport(results, 0, seconds, interrupted=True)
 
 
 def report_from_results(plan: BatchPlan, results: Iterable[FileResult], removed: int, seconds: float) -> BatchReport:

@@ -10,6 +10,9 @@ A model directory is diffusers-like::
 
 Only safetensors are read. A directory holding any pickle-format weight file is refused (it
 could run code when loaded), and every error names the part and what is missing or mismatched.
+Nothing outside the model folder is opened: every file a name in the folder leads to (a shard
+in an index, a symlinked weights file) must resolve inside it (:func:`contained_file`), and a
+config's structural sizes are bounded (:data:`CONFIG_LIMITS`) before any module is built.
 """
 
 from __future__ import annotations
@@ -38,8 +41,47 @@ INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 DEFAULT_MODEL = "compact"
 
 
+# Upper bounds on the config values that decide how much a part allocates (and how long
+# building it on the meta device takes), far above any real model (UltraFlux: 19 + 38 blocks,
+# 24 heads × 128, widths ≤ 512): a crafted config.json is refused before anything is built.
+CONFIG_LIMITS = {
+    "num_layers": 512, "num_single_layers": 512, "num_attention_heads": 512, "attention_head_dim": 4096,
+    "joint_attention_dim": 65536, "pooled_projection_dim": 65536, "in_channels": 65536, "latent_channels": 4096,
+    "layers_per_block": 64, "sequence_length": 65536, "guide_channels": 8192, "head_channels": 8192,
+    "head_layers": 64,
+}
+MAX_LIST_LENGTH, MAX_LIST_VALUE = 16, 65536  # block_out_channels, level_channels, axes_dims_rope, …
+
+
 class ModelLoadError(ValueError):
     """A model directory cannot be loaded; the message names the part and the problem."""
+
+
+def contained_file(root: Path, path: Path, what: str) -> Path:
+    """``path`` resolved (symlinks followed), or ModelLoadError if it lies outside ``root``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ModelLoadError(f"{path}: {what} resolves outside the model folder {root} ({resolved}); refused")
+    return resolved
+
+
+def check_config_limits(part: str, config_file: Path, config: dict) -> None:
+    """Refuse configs whose sizes no real model has (see :data:`CONFIG_LIMITS`)."""
+    for key, value in config.items():
+        if key in CONFIG_LIMITS and isinstance(value, (int, float)) and not 0 <= value <= CONFIG_LIMITS[key]:
+            raise ModelLoadError(f"{config_file}: the {part} config has {key} = {value}, outside 0–{CONFIG_LIMITS[key]}")
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+            if len(value) > MAX_LIST_LENGTH or any(not 0 <= v <= MAX_LIST_VALUE for v in value):
+                raise ModelLoadError(f"{config_file}: the {part} config has {key} = {list(value)[:8]}…, "
+                                     "more entries or larger values than any model")
+
+
+def _load_safetensors(file: Path, part: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{file}: the {part} weights are not a readable safetensors file ({text})") from None
 
 
 def bundled_model_dir(name: str = DEFAULT_MODEL) -> Path:
@@ -72,18 +114,28 @@ def refuse_pickles(directory: Path) -> None:
             )
 
 
-def read_state_dict(part_dir: Path) -> dict[str, torch.Tensor]:
-    """The safetensors state dict of one part, single-file or sharded."""
+def read_state_dict(part_dir: Path, root: Path | None = None, part: str = "model") -> dict[str, torch.Tensor]:
+    """The safetensors state dict of one part, single-file or sharded; every file must lie in
+    ``root`` (default: ``part_dir``)."""
+    root = part_dir if root is None else root
     single, index = part_dir / WEIGHTS_NAME, part_dir / INDEX_NAME
     if single.is_file():
-        return load_file(str(single))
+        return _load_safetensors(contained_file(root, single, f"the {part} weights file"), part)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        index_file = contained_file(root, index, f"the {part} shard index")
+        try:
+            shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{index}: not a valid {INDEX_NAME} ({type(exc).__name__}: {exc})") from None
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            if not (part_dir / shard).is_file():
-                raise ModelLoadError(f"{part_dir / shard}: shard listed in {INDEX_NAME} is missing")
-            state.update(load_file(str(part_dir / shard)))
+            if not isinstance(shard, str) or Path(shard).is_absolute() or "\0" in shard:
+                raise ModelLoadError(f"{index}: shard name {shard!r} is not a file name inside the folder; refused")
+            path = part_dir / shard
+            contained_file(root, path, f"shard {shard!r} listed in {INDEX_NAME}")
+            if not path.is_file():
+                raise ModelLoadError(f"{path}: shard listed in {INDEX_NAME} is missing")
+            state.update(_load_safetensors(path, part))
         return state
     raise ModelLoadError(f"{part_dir}: no {WEIGHTS_NAME} (or sharded index) found")
 
@@ -107,17 +159,31 @@ def _optional_parts_in(directory: Path, index: dict) -> list[str]:
     return present
 
 
-def load_part(part: str, part_dir: Path, cls=None, config_overrides: dict | None = None) -> torch.nn.Module:
-    """Build ``cls`` from ``part_dir/config.json`` on the meta device and assign its safetensors weights."""
-    cls = cls or PART_CLASSES.get(part) or OPTIONAL_PART_CLASSES[part]
+def _read_config(part: str, part_dir: Path, cls, root: Path) -> dict:
     config_file = part_dir / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{part_dir}: the {part!r} part has no config.json")
-    config = cls.load_config(str(part_dir))
+    contained_file(root, config_file, f"the {part} config")
+    try:
+        config = cls.load_config(str(part_dir))
+    except Exception as exc:  # noqa: BLE001 - diffusers wraps JSON errors in EnvironmentError
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{config_file}: not a valid {part} config.json ({text})") from None
+    check_config_limits(part, config_file, config)
+    return config
+
+
+def load_part(part: str, part_dir: Path, cls=None, config_overrides: dict | None = None,
+              root: Path | None = None) -> torch.nn.Module:
+    """Build ``cls`` from ``part_dir/config.json`` on the meta device and assign its safetensors weights
+    (files must lie inside ``root``, default: ``part_dir``)."""
+    cls = cls or PART_CLASSES.get(part) or OPTIONAL_PART_CLASSES[part]
+    root = part_dir if root is None else root
+    config = _read_config(part, part_dir, cls, root)
     config.update(config_overrides or {})
     with torch.device("meta"):
         module = cls.from_config(config)
-    state = read_state_dict(part_dir)
+    state = read_state_dict(part_dir, root, part)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -142,7 +208,14 @@ def _read_index(directory: Path) -> dict:
     index_file = directory / "model_index.json"
     if not index_file.is_file():
         raise ModelLoadError(f"{directory}: no model_index.json; not an op4ksr model directory")
-    return json.loads(index_file.read_text())
+    contained_file(directory, index_file, "model_index.json")
+    try:
+        index = json.loads(index_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{index_file}: not valid JSON ({exc})") from None
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"{index_file}: expected a JSON object, got {type(index).__name__}")
+    return index
 
 
 def _pipeline_options(index: dict) -> dict:
@@ -160,11 +233,14 @@ def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
     for part in PART_CLASSES:
         if part not in index or not (directory / part).is_dir():
             raise ModelLoadError(f"{directory}: the {part!r} part is missing")
-        parts[part] = load_part(part, directory / part)
+        parts[part] = load_part(part, directory / part, root=directory)
     for part in _optional_parts_in(directory, index):
-        parts[part] = load_part(part, directory / part)
+        parts[part] = load_part(part, directory / part, root=directory)
     options = _pipeline_options(index)
-    pipe = OP4KSRPipeline(**parts, **options)
+    try:
+        pipe = OP4KSRPipeline(**parts, **options)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{directory / 'model_index.json'}: {exc}") from None
     return move_pipeline(pipe, device, dtype)
 
 
@@ -203,15 +279,11 @@ def meta_pipeline_from_dir(directory: str | Path) -> OP4KSRPipeline:
     directory = Path(directory)
     index = _read_index(directory)
     parts = {}
-    for part, cls in PART_CLASSES.items():
-        if not (directory / part / "config.json").is_file():
-            raise ModelLoadError(f"{directory}: the {part!r} part has no config.json")
+    classes = {**PART_CLASSES, **{p: OPTIONAL_PART_CLASSES[p] for p in _optional_parts_in(directory, index)}}
+    for part, cls in classes.items():
+        config = _read_config(part, directory / part, cls, directory)
         with torch.device("meta"):
-            parts[part] = cls.from_config(cls.load_config(str(directory / part)))
-    for part in _optional_parts_in(directory, index):
-        cls = OPTIONAL_PART_CLASSES[part]
-        with torch.device("meta"):
-            parts[part] = cls.from_config(cls.load_config(str(directory / part)))
+            parts[part] = cls.from_config(config)
     options = _pipeline_options(index)
     return OP4KSRPipeline(**parts, **options)
 

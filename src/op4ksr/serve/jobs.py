@@ -217,6 +217,12 @@ class JobStore:
     def add(self, job: Job) -> None:
         with self._lock:
             self._jobs[job.id] = job
+        self.evict()
+
+    def evict(self) -> None:
+        """Forget the oldest finished jobs (and their files) beyond ``keep``; called on every
+        upload and when a job finishes, so the limit holds between uploads too."""
+        with self._lock:
             finished = [j for j in self._jobs.values() if j.finished_state]
             evicted = finished[: max(0, len(finished) - self.keep)]
             for old in evicted:

@@ -17,18 +17,23 @@ memory planner's refusal (413), all before anything is queued. Decoding errors f
 (a truncated file) fail the job with the same one-line reason.
 
 No authentication: the server binds to 127.0.0.1 by default and is meant for one user's
-machine. POSTs and DELETEs from another web origin are refused so that a page open in the
-same browser cannot queue work on it.
+machine (docs/SECURITY.md). Every request must name an allowed host (the bound address,
+``localhost`` and the names given with ``--allow-host``), which defeats DNS rebinding; POSTs
+and DELETEs from another web origin are refused so that a page open in the same browser cannot
+queue work on it. Sockets time out, and at most ``max_connections`` are served at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
 import secrets
 import shutil
+import socket
 import tempfile
+import threading
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,6 +59,9 @@ _STATIC_TYPES = {
 _DRAIN_SLACK_BYTES = 4 * 2**20
 _CHUNK = 2**16
 _JOB_PATH = re.compile(r"^/api/jobs/([0-9a-f]{16})(?:/(before\.png|result\.png))?$")
+# RFC 9110: Content-Length = 1*DIGIT. Python's int() also takes "-1", "+100", "1_000", " 7 ".
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'"
 
 
@@ -69,6 +77,38 @@ class ServeConfig:
     max_pending: int = 8  # waiting jobs per model; more are refused with 503
     keep_jobs: int = 16  # finished jobs (and their files) kept for the page
     work_dir: Path | None = None  # None: a temporary folder, removed when the server closes
+    allow_hosts: tuple[str, ...] = ()  # host names accepted besides the bound address and localhost
+    socket_timeout_s: float = 20.0  # an idle or stalled connection is closed after this long
+    max_connections: int = 32  # served at once; more are answered 503 and closed at once
+
+
+def parse_content_length(raw: str | None) -> int | None:
+    """A Content-Length header as a byte count; None when absent; ValueError when malformed."""
+    if raw is None:
+        return None
+    if not _CONTENT_LENGTH.fullmatch(raw.strip(" \t")):
+        raise ValueError(f"bad Content-Length {raw!r}")
+    return int(raw.strip(" \t"))
+
+
+def allowed_hosts(config: ServeConfig, bound_host: str) -> frozenset[str]:
+    """Host names (lower case, IPv6 without brackets) that requests may name in ``Host``."""
+    names = {*LOOPBACK_NAMES, bound_host.lower().strip("[]"), *(h.lower().strip("[]") for h in config.allow_hosts)}
+    if bound_host in ("0.0.0.0", "::", ""):  # all interfaces: this machine's name is fine too
+        names.add(socket.gethostname().lower())
+    return frozenset(names)
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """``"name:8000"`` / ``"[::1]:8000"`` / ``"name"`` → (name, port); ValueError if malformed."""
+    value = value.strip().lower()
+    match = re.fullmatch(r"\[([0-9a-f:.]+)\](?::([0-9]{1,5}))?|([^:\[\]/@\s]+)(?::([0-9]{1,5}))?", value)
+    if not match or not value:
+        raise ValueError(f"bad Host {value!r}")
+    if match.group(1) is not None:
+        ipaddress.IPv6Address(match.group(1))  # raises ValueError
+        return match.group(1), int(match.group(2)) if match.group(2) else None
+    return match.group(3), int(match.group(4)) if match.group(4) else None
 
 
 class HTTPError(Exception):
@@ -114,9 +154,14 @@ class ServeApp:
         self.work_dir = Path(tempfile.mkdtemp(prefix="op4ksr-serve-")) if self._own_dir else Path(config.work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(config.keep_jobs)
+        def finished(job: Job) -> None:
+            self.store.evict()  # --keep-jobs holds between uploads too
+            if on_finish is not None:
+                on_finish(job)
+
         self.workers = {
             label: ModelWorker(label, upscaler, max_pending=config.max_pending, max_pixels=config.max_pixels,
-                               on_finish=on_finish)
+                               on_finish=finished)
             for label, upscaler in models.items()
         }
 
@@ -221,13 +266,41 @@ class ServeApp:
 
 
 class OP4KSRServer(ThreadingHTTPServer):
-    """A threading HTTP server holding a :class:`ServeApp`; ``server_close`` also closes the app."""
+    """A threading HTTP server holding a :class:`ServeApp`; ``server_close`` also closes the app.
+
+    At most ``config.max_connections`` connections get a thread; the next ones are answered
+    503 and closed at once, so that idle or slow sockets cannot pile up threads and memory.
+    """
 
     daemon_threads = True
 
     def __init__(self, app: ServeApp):
         self.app = app
+        self._slots = threading.BoundedSemaphore(app.config.max_connections)
         super().__init__((app.config.host, app.config.port), _Handler)
+        self.allowed_hosts = allowed_hosts(app.config, str(self.server_address[0]))
+
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                body = b'{"error": "too many connections; try again later"}'
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 5\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:
@@ -268,6 +341,17 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "op4ksr-serve"
 
+    def setup(self) -> None:
+        # socketserver applies `timeout` to the connection: every read and write, headers and body
+        self.timeout = self.server.app.config.socket_timeout_s
+        super().setup()
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except TimeoutError:  # an idle keep-alive or a stalled client: drop the connection
+            self.close_connection = True
+
     def log_message(self, format: str, *args: Any) -> None:
         # The library never prints; request lines go to logging for whoever wants them.
         import logging
@@ -287,6 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, handler: Callable[[str, dict[str, list[str]]], None]) -> None:
         url = urlsplit(self.path)
         try:
+            self._check_host()
             handler(url.path, parse_qs(url.query))
         except HTTPError as exc:
             self._send_json({"error": exc.message}, exc.status, exc.headers)
@@ -359,22 +444,37 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(HTTPStatus.NOT_FOUND, f"{path}: no such job (finished jobs are kept only for a while)")
         return job, match.group(2)
 
+    def _check_host(self) -> None:
+        """Refuse requests that do not name this server (DNS rebinding: a foreign name that
+        resolves to 127.0.0.1 reaches the socket, but its Host header gives it away)."""
+        raw = self.headers.get("Host")
+        try:
+            name, port = split_host(raw or "")
+        except ValueError:
+            self.close_connection = True
+            raise HTTPError(HTTPStatus.BAD_REQUEST, f"missing or bad Host header {raw!r}") from None
+        if name not in self.server.allowed_hosts or (port is not None and port != self.server.server_address[1]):
+            self.close_connection = True
+            raise HTTPError(HTTPStatus.FORBIDDEN, f"host {raw!r} is not served here (allow it with --allow-host)")
+
     def _check_origin(self) -> None:
         origin = self.headers.get("Origin")
-        if origin and urlsplit(origin).netloc != self.headers.get("Host"):
+        if not origin:
+            return
+        parts = urlsplit(origin)
+        if parts.scheme != "http" or parts.netloc.lower() != (self.headers.get("Host") or "").lower():
             raise HTTPError(HTTPStatus.FORBIDDEN, f"requests from {origin} are not accepted")
 
     def _receive_upload(self, name: str) -> Path:
         limit = self.server.app.config.max_upload_bytes
-        raw_length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or raw_length is None:
+        try:
+            length = parse_content_length(self.headers.get("Content-Length"))
+        except ValueError as exc:
+            self.close_connection = True
+            raise HTTPError(HTTPStatus.BAD_REQUEST, f"{name}: {exc}") from None
+        if self.headers.get("Transfer-Encoding") or length is None:
             self.close_connection = True
             raise HTTPError(HTTPStatus.LENGTH_REQUIRED, f"{name}: the upload must state its Content-Length")
-        try:
-            length = int(raw_length)
-        except ValueError:
-            self.close_connection = True
-            raise HTTPError(HTTPStatus.BAD_REQUEST, f"{name}: bad Content-Length {raw_length!r}") from None
         if length > limit:
             if length <= limit + _DRAIN_SLACK_BYTES:
                 self._discard(length)
@@ -382,8 +482,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             raise HTTPError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"{name}: {length / 2**20:.1f} MB exceeds the upload limit of {limit / 2**20:.1f} MB "
-                "(the server's --max-upload-mb)",
+                f"{name}: {length:,} bytes exceeds the upload limit of {limit:,} bytes ({limit / 2**20:.2f} MiB, "
+                "the server's --max-upload-mb)",
             )
         path = self.server.app.new_upload_path(name)
         try:
@@ -395,6 +495,10 @@ class _Handler(BaseHTTPRequestHandler):
                         raise HTTPError(HTTPStatus.BAD_REQUEST, f"{name}: the upload ended early")
                     fh.write(chunk)
                     remaining -= len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise HTTPError(HTTPStatus.REQUEST_TIMEOUT, f"{name}: the upload stalled; nothing was kept") from None
         except BaseException:
             self.close_connection = True
             shutil.rmtree(path.parent, ignore_errors=True)
@@ -403,11 +507,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discard(self, length: int) -> None:
         remaining = length
-        while remaining:
-            chunk = self.rfile.read(min(_CHUNK, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
+        with contextlib.suppress(TimeoutError):
+            while remaining:
+                chunk = self.rfile.read(min(_CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+        if remaining:
+            self.close_connection = True
 
     def _send_json(
         self, document: Any, status: HTTPStatus = HTTPStatus.OK, headers: Mapping[str, str] | None = None

@@ -1,0 +1,166 @@
+"""`op4ksr serve` under attack and misuse, with raw sockets (issue: hostile inputs)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from op4ksr.serve.server import parse_content_length, split_host
+
+
+def raw_request(server, head: str, body: bytes = b"", timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """Send ``head`` (request line + headers, without the blank line) and ``body``; read the reply."""
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        header_blob, _, rest = data.partition(b"\r\n\r\n")
+        lines = header_blob.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return status, headers, rest[:length]
+
+
+def _post_head(port: int, length: str, host: str | None = None, extra: str = "") -> str:
+    return (f"POST /api/jobs?name=x.png HTTP/1.1\nHost: {host or f'127.0.0.1:{port}'}\n"
+            f"Content-Type: application/octet-stream\nContent-Length: {length}{extra}")
+
+
+@pytest.mark.parametrize("length", ["-1", "+100", "1_000", "0x10", "1e3", "", "12 34"])
+def test_malformed_content_length_is_refused_before_reading(serve_factory, length):
+    running = serve_factory(max_upload_bytes=1000)
+    port = running.server.server_address[1]
+    status, _, body = raw_request(running.server, _post_head(port, length), b"\x89PNG" + b"a" * 2000)
+    assert status == 400
+    assert "bad Content-Length" in json.loads(body)["error"]
+    assert list(running.server.app.work_dir.iterdir()) == []
+
+
+def test_content_length_parser():
+    assert parse_content_length("123") == 123 and parse_content_length(" 7\t") == 7
+    assert parse_content_length(None) is None
+    for bad in ("-1", "+1", "1_0", "", "١٢"):  # the last: Arabic-Indic digits, which int() accepts
+        with pytest.raises(ValueError):
+            parse_content_length(bad)
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1:1", "localhost.evil.example"])
+def test_foreign_host_is_refused_even_with_a_matching_origin(serve_factory, png_bytes, host):
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1."""
+    running = serve_factory()
+    port = running.server.server_address[1]
+    host = host.format(port=port)
+    body = png_bytes(8, 8)
+    head = _post_head(port, str(len(body)), host=host, extra=f"\nOrigin: http://{host}")
+    status, _, reply = raw_request(running.server, head, body)
+    assert status == 403 and "is not served here" in json.loads(reply)["error"]
+    for path in ("/api/jobs", "/api/info"):
+        status, _, _ = raw_request(running.server, f"GET {path} HTTP/1.1\nHost: {host}")
+        assert status == 403
+    assert running.server.app.store.all() == [] and list(running.server.app.work_dir.iterdir()) == []
+
+
+def test_allowed_names_and_the_origin_scheme(serve_factory, png_bytes):
+    running = serve_factory(allow_hosts=("photos.lan",))
+    port = running.server.server_address[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"photos.lan:{port}", "localhost"):
+        status, _, _ = raw_request(running.server, f"GET /api/info HTTP/1.1\nHost: {host}")
+        assert status == 200, host
+    assert raw_request(running.server, "GET /api/info HTTP/1.1")[0] == 400  # no Host at all
+    body = png_bytes(8, 8)
+    head = _post_head(port, str(len(body)), extra=f"\nOrigin: https://127.0.0.1:{port}")  # scheme differs
+    status, _, reply = raw_request(running.server, head, body)
+    assert status == 403 and "not accepted" in json.loads(reply)["error"]
+
+
+def test_split_host():
+    assert split_host("LocalHost:8000") == ("localhost", 8000)
+    assert split_host("[::1]:80") == ("::1", 80)
+    assert split_host("photos.lan") == ("photos.lan", None)
+    for bad in ("", "a b", "user@host", "[zz]:1", "host:99999999"):
+        with pytest.raises(ValueError):
+            split_host(bad)
+
+
+def test_stalled_upload_times_out_and_leaves_nothing(serve_factory):
+    running = serve_factory(socket_timeout_s=0.5)
+    host, port = running.server.server_address[:2]
+    with socket.create_connection((host, port), timeout=10) as sock:
+        head = _post_head(port, "5000").replace("\n", "\r\n").encode() + b"\r\n\r\n"
+        sock.sendall(head + b"\x89PNG")  # then nothing more
+        data = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after its answer
+            data += chunk
+    assert b" 408 " in data.split(b"\r\n")[0] and b"stalled" in data
+    time.sleep(0.2)
+    assert list(running.server.app.work_dir.iterdir()) == []
+
+
+def test_idle_sockets_are_bounded_and_others_still_served(serve_factory):
+    running = serve_factory(socket_timeout_s=30, max_connections=8)
+    host, port = running.server.server_address[:2]
+    before = threading.active_count()
+    idle = [socket.create_connection((host, port), timeout=10) for _ in range(40)]
+    try:
+        time.sleep(0.3)
+        assert threading.active_count() - before <= 8  # one thread per served connection, at most
+        # the ones beyond the limit got a 503 and were closed
+        refused = 0
+        for sock in idle[8:]:
+            sock.settimeout(2)
+            refused += sock.recv(200).startswith(b"HTTP/1.1 503")
+        assert refused == 32
+    finally:
+        for sock in idle:
+            sock.close()
+    # once the idle ones are gone, a normal client is answered promptly
+    start = time.monotonic()
+    deadline = start + 5
+    while True:
+        try:
+            status, _, _ = raw_request(running.server, f"GET /api/info HTTP/1.1\nHost: 127.0.0.1:{port}")
+        except OSError:
+            status = 0
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert status == 200
+
+
+def test_finished_jobs_beyond_keep_are_evicted_without_a_new_upload(serve_factory, png_bytes, wait_until):
+    running = serve_factory(keep_jobs=1)
+    port = running.server.server_address[1]
+    ids = []
+    for i in range(3):
+        body = png_bytes(8, 8, seed=i)
+        status, _, reply = raw_request(running.server, _post_head(port, str(len(body))), body)
+        assert status == 202
+        ids.append(json.loads(reply)["id"])
+    wait_until(lambda: all(j.finished_state for j in running.server.app.store.all()))
+    wait_until(lambda: len(running.server.app.store.all()) == 1)
+    assert [j.id for j in running.server.app.store.all()] == ids[-1:]
+    assert sorted(p.name for p in running.server.app.work_dir.iterdir()) == ids[-1:]
+
+
+def test_413_message_states_the_exact_limit(serve_factory):
+    running = serve_factory(max_upload_bytes=50 * 2**20)
+    port = running.server.server_address[1]
+    status, _, body = raw_request(running.server, _post_head(port, str(50 * 2**20 + 1 + 8 * 2**20)))
+    assert status == 413
+    assert "52,428,801" not in json.loads(body)["error"]  # the stated length is what was sent
+    assert "exceeds the upload limit of 52,428,800 bytes" in json.loads(body)["error"]

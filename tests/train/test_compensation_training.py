@@ -48,3 +48,20 @@ def test_decoder_finetune_alternative_trains_only_the_decoder(tmp_path, photo_di
     assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)
     dec_a, dec_b = init.vae.decoder.state_dict(), trained.vae.decoder.state_dict()
     assert any(not torch.equal(dec_a[k], dec_b[k]) for k in dec_a)
+
+
+def test_a_checkpoint_exports_like_the_finished_run(tmp_path, photo_dir, tiny_init_dir):
+    from typer.testing import CliRunner
+
+    from op4ksr.cli import app
+
+    result = train(_config(tmp_path / "run", photo_dir, tiny_init_dir, extra=("run.max_steps=6",)))
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-0000006"
+    cli = CliRunner().invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "exported"), "--dtype", "fp32"])
+    assert cli.exit_code == 0, cli.output
+    assert f"exported {checkpoint}" in cli.output
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(from_pretrained(tmp_path / "exported")(lr), from_pretrained(result.model_dir)(lr),
+                               rtol=0, atol=1e-6)
+    bad = CliRunner().invoke(app, ["export", str(tmp_path / "run" / "checkpoints"), "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0

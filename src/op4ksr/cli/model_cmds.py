@@ -68,7 +68,8 @@ def info(
 
 
 def export(
-    model: Path = typer.Argument(..., help="Model directory to export (e.g. runs/compact-sr/model)."),
+    model: Path = typer.Argument(..., help="Model directory to export (e.g. runs/compact-sr/model), or a "
+                                           "checkpoint of a run (runs/compact-sr/checkpoints/step-0001000)."),
     out: Path = typer.Option(..., "--out", help="New model directory."),
     dtype: str = typer.Option("fp16", "--dtype", help="Storage dtype: fp16 (half the size), bf16 or fp32."),
     color_fix: str = typer.Option(None, "--color-fix", help="Set the model's default colour anchoring: none, wavelet, adain."),
@@ -76,8 +77,9 @@ def export(
     fidelity: float = typer.Option(None, "--fidelity", help="Set the model's default compensation strength (0–1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
 ) -> None:
-    """Copy a model directory with its weights stored in another dtype (for shipping)."""
+    """Copy a model directory (or a training checkpoint) with its weights stored in another dtype (for shipping)."""
     import shutil
+    import tempfile
 
     import torch
 
@@ -91,6 +93,16 @@ def export(
         check_post_steps(color_fix, grid_fix, fidelity)
     except ValueError as exc:
         fail(str(exc))
+    staging, source = None, model
+    if (model / "model.safetensors").is_file() and (model / "state.json").is_file():
+        from op4ksr.train.checkpoint import export_checkpoint
+
+        staging = Path(tempfile.mkdtemp(prefix="op4ksr-export-"))
+        try:
+            model = export_checkpoint(model, staging / "model")
+        except (FileNotFoundError, KeyError, ValueError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            fail(f"{model}: cannot export this checkpoint ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})")
     try:
         pipe = from_pretrained(model)
     except ModelLoadError as exc:
@@ -108,8 +120,10 @@ def export(
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    typer.echo(f"exported {model} → {out} ({dtype}, {size / 2**20:.1f} MiB)")
+    typer.echo(f"exported {source} → {out} ({dtype}, {size / 2**20:.1f} MiB)")
 
 
 def register(app: typer.Typer) -> None:

@@ -161,3 +161,23 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
 def prune_checkpoints(output_dir: Path, keep: int) -> None:
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """A model folder from a checkpoint of a run (``RUN/checkpoints/step-N``), without resuming:
+    the run's ``config.json`` rebuilds the stage, the checkpoint's trainable tensors and extra
+    state are loaded, and the stage exports as at the end of training (LoRA merged)."""
+    from op4ksr.train.config import TrainConfig, _build, validate
+    from op4ksr.train.stages import build_stage
+
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint.parent.parent
+    if not (checkpoint / "model.safetensors").is_file() or not (checkpoint / "state.json").is_file():
+        raise FileNotFoundError(f"{checkpoint}: not a checkpoint folder (model.safetensors, state.json)")
+    data = json.loads((run_dir / "config.json").read_text())
+    cfg = _build(TrainConfig, data, "")
+    validate(cfg, check_paths=False)
+    stage = build_stage(cfg)
+    stage.load_trainable_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    stage.load_extra_state(json.loads((checkpoint / "state.json").read_text()).get("stage", {}))
+    return stage.export(Path(out))

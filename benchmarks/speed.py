@@ -84,9 +84,12 @@ STAGES = ("encode", "dit", "decode")
 STAGE_LABELS = {"encode": "encode", "dit": "DiT", "decode": "decode"}
 
 
-def run_stage(pipe, stage: str, inp: torch.Tensor) -> torch.Tensor:
-    """One pipeline stage on its input: padded image → latent → denoised latent → image."""
-    return {"encode": pipe.encode, "dit": pipe.denoise, "decode": pipe.decode}[stage](inp)
+def run_stage(pipe, stage: str, inp: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+    """One pipeline stage on its input: padded image → latent → denoised latent → image; the
+    decode stage includes the high-frequency compensation when ``guide`` (the padded input) is given."""
+    if stage == "decode":
+        return pipe.decode(inp, guide)
+    return {"encode": pipe.encode, "dit": pipe.denoise}[stage](inp)
 
 
 @dataclass
@@ -102,7 +105,7 @@ def time_stages(pipe, x: torch.Tensor, runs: int) -> dict[str, StageTiming]:
     Call under ``torch.inference_mode()``."""
     timings, inp = {}, x
     for stage in STAGES:
-        t, m, out = timed(lambda stage=stage, inp=inp: run_stage(pipe, stage, inp), pipe.device, runs)
+        t, m, out = timed(lambda stage=stage, inp=inp: run_stage(pipe, stage, inp, x), pipe.device, runs)
         timings[stage] = StageTiming(t, m, inp)
         inp = out
     return timings

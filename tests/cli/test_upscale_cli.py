@@ -324,33 +324,11 @@ def test_ctrl_c_prints_the_summary_and_the_json(tmp_path: Path, fake_model, monk
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x4.png"]
 
 
-_TERM_SCRIPT = textwrap.dedent(
-    """
-    import os, sys, time
-    import op4ksr.api, op4ksr.io.images
-    from op4ksr.io.testing import InterpolationPipeline
-
-    op4ksr.api.load_model = lambda model=None, **kw: InterpolationPipeline()
-    marker = sys.argv[1]
-
-    def stalled_write(tmp, body):
-        with open(tmp, "wb") as fh:
-            fh.write(body[: len(body) // 2])
-        open(marker, "w").close()
-        time.sleep(600)
-
-    op4ksr.io.images.write_temp_bytes = stalled_write
-    from op4ksr.cli import app
-    app(["upscale", *sys.argv[2:]], prog_name="op4ksr")
-    """
-)
-
-
 def test_sigterm_during_write_is_handled_like_ctrl_c(tmp_path: Path) -> None:
     src = _photo(tmp_path / "a.png", (64, 48))
     out = tmp_path / "out"
     script, marker = tmp_path / "termme.py", tmp_path / "writing"
-    script.write_text(_TERM_SCRIPT, encoding="utf-8")
+    script.write_text(_KILL_SCRIPT, encoding="utf-8")  # the same stalled write, stopped by SIGTERM this time
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(script), str(marker), str(src), "-o", str(out), "--json"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -241,12 +241,13 @@ def test_delete_and_eviction_remove_files(serve_factory, png_bytes, wait_finishe
     # finishes, not only at the next upload.
     wait_until(lambda: not first_folder.exists())  # the worker evicts right after marking b done
     assert call("GET", f"{running.url}api/jobs/{ids[0]}")[0] == 404
+    # A finished job is deleted on request, with its files.
+    assert call("DELETE", f"{running.url}api/jobs/{ids[1]}")[0] == 204
+    assert call("GET", f"{running.url}api/jobs/{ids[1]}")[0] == 404
     ids.append(post_image(running.url, png_bytes(8, 8), "c.png")[1]["id"])
-    assert call("GET", f"{running.url}api/jobs/{ids[1]}")[0] == 200
-    for job_id in ids[1:]:
-        wait_finished(running.url, job_id)
-        assert call("DELETE", f"{running.url}api/jobs/{job_id}")[0] == 204
-        assert call("GET", f"{running.url}api/jobs/{job_id}")[0] == 404
+    wait_finished(running.url, ids[2])
+    assert call("DELETE", f"{running.url}api/jobs/{ids[2]}")[0] == 204
+    assert call("GET", f"{running.url}api/jobs/{ids[2]}")[0] == 404
     assert list(running.server.app.work_dir.iterdir()) == []
 
 

@@ -154,7 +154,8 @@ def test_finished_jobs_beyond_keep_are_evicted_without_a_new_upload(serve_factor
     wait_until(lambda: all(j.finished_state for j in running.server.app.store.all()))
     wait_until(lambda: len(running.server.app.store.all()) == 1)
     assert [j.id for j in running.server.app.store.all()] == ids[-1:]
-    assert sorted(p.name for p in running.server.app.work_dir.iterdir()) == ids[-1:]
+    # the evicted jobs' folders go right after they leave the store
+    wait_until(lambda: sorted(p.name for p in running.server.app.work_dir.iterdir()) == ids[-1:])
 
 
 def test_413_message_states_the_exact_limit(serve_factory):

@@ -24,8 +24,9 @@ def test_default_model_upscales_the_readme_example(tmp_path):
 
     pipe = load_pipeline()
     assert pipe.scale == 4 and pipe.transformer.config.rope_theta == 100.0
-    # v1.0 (docs/MODEL_CARD.md): the high-frequency compensation at full strength, post-steps off
-    assert (pipe.config.color_fix, pipe.config.grid_fix, pipe.fidelity) == ("none", "none", 1.0)
+    # v1.0 (docs/MODEL_CARD.md): the high-frequency compensation at full strength, and the colour
+    # anchor and the notch still on (the network alone keeps a grid and a colour error)
+    assert (pipe.config.color_fix, pipe.config.grid_fix, pipe.fidelity) == ("wavelet", "notch", 1.0)
     assert pipe.compensation is not None
     out = op4ksr.upscale(EXAMPLE, model=pipe)
     w, h = Image.open(EXAMPLE).size

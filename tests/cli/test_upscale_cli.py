@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -139,25 +139,32 @@ _KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sigkill_during_write_leaves_no_partial_output(tmp_path: Path, fake_model) -> None:
-    src = _photo(tmp_path / "a.png", (64, 48))
-    out = tmp_path / "out"
-    script, marker = tmp_path / "killme.py", tmp_path / "writing"
+def _signal_during_write(tmp_path: Path, args: list[str], sig: int) -> tuple[int, str, str]:
+    """Run the CLI (bicubic stand-in) until its write stalls half-way, send ``sig``; (code, stdout, stderr)."""
+    script, marker = tmp_path / "stall.py", tmp_path / "writing"
     script.write_text(_KILL_SCRIPT, encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(marker), str(src), "-o", str(out)], env=env)
+    proc = subprocess.Popen([sys.executable, str(script), str(marker), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
             assert proc.poll() is None, "the CLI ended before writing"
             assert time.monotonic() < deadline, "the CLI never reached the write"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    return proc.returncode, stdout, stderr
+
+
+def test_sigkill_during_write_leaves_no_partial_output(tmp_path: Path, fake_model) -> None:
+    src = _photo(tmp_path / "a.png", (64, 48))
+    out = tmp_path / "out"
+    returncode, _, _ = _signal_during_write(tmp_path, [str(src), "-o", str(out)], signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
     # The final name never appeared; only a hidden temporary holds the half-written bytes.
     assert not (out / "a_x4.png").exists()
     leftovers = sorted(p.name for p in out.iterdir())
@@ -273,7 +280,7 @@ def test_suffix_cannot_escape_the_output_folder(tmp_path: Path, fake_model) -> N
 
 
 def test_output_folder_linked_outside_is_refused(tmp_path: Path, fake_model) -> None:
-    src = _photo(tmp_path / "in" / "sub" / "a.png")
+    _photo(tmp_path / "in" / "sub" / "a.png")
     (tmp_path / "out").mkdir()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "out" / "sub").symlink_to(tmp_path / "elsewhere")  # the mirrored subfolder leads out
@@ -327,23 +334,8 @@ def test_ctrl_c_prints_the_summary_and_the_json(tmp_path: Path, fake_model, monk
 def test_sigterm_during_write_is_handled_like_ctrl_c(tmp_path: Path) -> None:
     src = _photo(tmp_path / "a.png", (64, 48))
     out = tmp_path / "out"
-    script, marker = tmp_path / "termme.py", tmp_path / "writing"
-    script.write_text(_KILL_SCRIPT, encoding="utf-8")  # the same stalled write, stopped by SIGTERM this time
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(marker), str(src), "-o", str(out), "--json"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, "the CLI ended before writing"
-            assert time.monotonic() < deadline, "the CLI never reached the write"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr
+    returncode, stdout, stderr = _signal_during_write(tmp_path, [str(src), "-o", str(out), "--json"], signal.SIGTERM)
+    assert returncode == 130, stderr
     assert json.loads(stdout)["summary"]["interrupted"] is True
     assert "0 done, 0 skipped, 1 failed" in stderr
     assert list(out.iterdir()) == []  # the temporary went with the interrupted write

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from op4ksr.models.compensation import HighFrequencyCompensation
 
 _DOWN = ("DownEncoderBlock2D",) * 4
 _UP = ("UpDecoderBlock2D",) * 4

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import math
 import re
 import secrets
 import shutil
@@ -280,7 +281,7 @@ class OP4KSRServer(ThreadingHTTPServer):
         super().__init__((app.config.host, app.config.port), _Handler)
         self.allowed_hosts = allowed_hosts(app.config, str(self.server_address[0]))
 
-    def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
+    def process_request(self, request, client_address) -> None:
         if not self._slots.acquire(blocking=False):
             with contextlib.suppress(OSError):
                 request.settimeout(1.0)
@@ -296,7 +297,7 @@ class OP4KSRServer(ThreadingHTTPServer):
             self._slots.release()
             raise
 
-    def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
+    def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -544,7 +545,7 @@ def _fidelity_value(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"fidelity {text!r} is not a number from 0 to 1") from None
-    if value != value:  # NaN passes every comparison
+    if math.isnan(value):  # NaN passes every range comparison
         raise ValueError(f"fidelity {text!r} is not a number from 0 to 1")
     check_post_steps(None, None, value)
     return value

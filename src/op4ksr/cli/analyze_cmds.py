@@ -197,13 +197,14 @@ def _add_ceiling(analyze: typer.Typer) -> None:
         from op4ksr.eval.bench import build_metrics, load_suites
         from op4ksr.eval.diagnostics.ceiling import ceiling_means, vae_ceiling
         from op4ksr.eval.metrics import PatchConfig
+        from op4ksr.utils.errors import one_line
 
         try:
             loaded = load_suites(suites, max_images=max_images)
             infos, built = build_metrics([m.strip() for m in metrics.split(",") if m.strip()], scale=4,
                                          patch=PatchConfig(), device=torch.device("cpu"))
         except (FileNotFoundError, ValueError, KeyError) as exc:
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            fail(one_line(exc))
         unusable = [f"{i.name} ({i.unavailable or 'no-reference'})" for i in infos if i.unavailable or not i.full_reference]
         if unusable:
             fail(f"--metrics: not usable here: {', '.join(unusable)}")

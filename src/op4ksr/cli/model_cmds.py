@@ -24,6 +24,7 @@ def info(
     from op4ksr.models.planner import human_bytes
     from op4ksr.models.presets import build_pipeline, list_presets
     from op4ksr.utils.device import resolve_dtype
+    from op4ksr.utils.errors import one_line
 
     width, height = parse_size(size)
     try:
@@ -86,6 +87,7 @@ def export(
     from op4ksr.models.loading import ModelLoadError, export_pipeline, from_pretrained
     from op4ksr.models.post_steps import check_post_steps
     from op4ksr.utils.device import resolve_dtype
+    from op4ksr.utils.errors import one_line
 
     if out.exists() and not overwrite:
         fail(f"{out}: exists (use --overwrite to replace it)")
@@ -102,7 +104,7 @@ def export(
             model = export_checkpoint(model, staging / "model")
         except (FileNotFoundError, KeyError, ValueError) as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            fail(f"{model}: cannot export this checkpoint ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})")
+            fail(f"{model}: cannot export this checkpoint ({one_line(exc)})")
     try:
         pipe = from_pretrained(model)
     except ModelLoadError as exc:

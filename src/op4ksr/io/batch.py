@@ -27,6 +27,7 @@ from op4ksr.io.images import (
     ImageError,
     normalise_format,
 )
+from op4ksr.utils.errors import one_line
 
 REPORT_SCHEMA = "op4ksr.upscale/1"
 EXISTING_POLICIES = ("fail", "skip", "overwrite")
@@ -342,9 +343,6 @@ def remove_stale_temps(plan: BatchPlan) -> int:
 # ----------------------------------------------------------------------------- running
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def process_item(upscaler: Any, item: WorkItem, options: BatchOptions) -> FileResult:
@@ -377,13 +375,13 @@ def process_item(upscaler: Any, item: WorkItem, options: BatchOptions) -> FileRe
     except FileExistsError:
         return failed("output exists (use --overwrite or --skip-existing)")
     except plan_error as exc:
-        return failed(f"too large for this device: {_first_line(exc)}")
+        return failed(f"too large for this device: {one_line(exc)}")
     except MemoryError:
         return failed("out of host memory")
     except OSError as exc:
-        return failed(f"cannot write output ({_first_line(exc)})")
+        return failed(f"cannot write output ({one_line(exc)})")
     except Exception as exc:  # a bad file must not stop the batch  # noqa: BLE001
-        return failed(f"{type(exc).__name__}: {_first_line(exc)}")
+        return failed(f"{type(exc).__name__}: {one_line(exc)}")
     # Success only once the file is really there (users have been told "done" for no file).
     if not item.output.is_file() or item.output.stat().st_size == 0:
         return failed("output missing after write")

@@ -30,6 +30,7 @@ from op4ksr.models.prompt import FixedPromptEmbeddings
 from op4ksr.models.transformer import OP4KSRTransformer
 from op4ksr.models.vae import F16AutoencoderKL
 from op4ksr.utils.device import resolve_device, resolve_dtype
+from op4ksr.utils.errors import one_line
 
 PIPELINE_OPTIONS = ("sigma", "scale", "guidance", "color_fix", "grid_fix", "fidelity")
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
@@ -80,8 +81,7 @@ def _load_safetensors(file: Path, part: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{file}: the {part} weights are not a readable safetensors file ({text})") from None
+        raise ModelLoadError(f"{file}: the {part} weights are not a readable safetensors file ({one_line(exc)})") from None
 
 
 def bundled_model_dir(name: str = DEFAULT_MODEL) -> Path:
@@ -167,8 +167,7 @@ def _read_config(part: str, part_dir: Path, cls, root: Path) -> dict:
     try:
         config = cls.load_config(str(part_dir))
     except Exception as exc:  # noqa: BLE001 - diffusers wraps JSON errors in EnvironmentError
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{config_file}: not a valid {part} config.json ({text})") from None
+        raise ModelLoadError(f"{config_file}: not a valid {part} config.json ({one_line(exc)})") from None
     check_config_limits(part, config_file, config)
     return config
 

@@ -1,6 +1,6 @@
 """op4ksr: one-step, patch-free 4K image super-resolution (OP4KSR).
 
-The heavy parts (torch, diffusers) are imported lazily so that ``import op4ksr`` and the
+The heavy parts (torch and the model code) are imported lazily so that ``import op4ksr`` and the
 command line start fast.
 """
 

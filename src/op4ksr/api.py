@@ -8,6 +8,7 @@ a high-quality resize to the requested scale, NaN/Inf fallback to fp32, and writ
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ class FileOutcome:
     input_size: tuple[int, int]
     output_size: tuple[int, int]
     notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # read_s, compute_s, write_s
 
 
 def is_pipeline(model: Any) -> bool:
@@ -91,7 +93,9 @@ class Upscaler:
 
     def __init__(self, model: Any = None, *, device: str = "auto", dtype: str | None = None,
                  color_fix: str | None = None, grid_fix: str | None = None, fidelity: float | None = None):
+        started = time.perf_counter()
         self.pipe = model if is_pipeline(model) else load_model(model, device=device, dtype=dtype)
+        self.load_seconds = time.perf_counter() - started  # imports of the model code included
         # None keeps the model's own setting (model_index.json); a value overrides it per call:
         # color_fix "none"/"wavelet"/"adain", grid_fix "none"/"notch", fidelity 0–1 (the
         # high-frequency compensation's strength: 0 = the decoder alone, 1 = full).
@@ -198,20 +202,27 @@ class Upscaler:
         overwrite: bool = False,
         tiled: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        png_compression: int | None = None,
     ) -> FileOutcome:
         """Read ``source``, upscale, write ``output`` atomically (ICC/EXIF/alpha/bit depth kept).
 
         The output exists under its name only once fully written; raises ``ImageError``,
         ``FileExistsError`` or the planner's ``MemoryPlanError`` with a one-line reason.
         """
+        clock = time.perf_counter
+        start = clock()
         # The memory plan from the header, before decoding: a tiny PNG can declare 8000² pixels.
         with open_checked(source, max_pixels=max_pixels) as header:
             width, height = header.size
         self.check_fits(width, height)
         data = load_image(source, max_pixels=max_pixels)
+        read_done = clock()
         result = self.upscale_data(data, scale, tiled=tiled)
-        save_notes = save_image(result, output, fmt, quality=quality, overwrite=overwrite)
-        return FileOutcome(data.size, result.size, result.notes + save_notes)
+        computed = clock()
+        save_notes = save_image(result, output, fmt, quality=quality, overwrite=overwrite,
+                                png_compression=png_compression)
+        timings = {"read_s": read_done - start, "compute_s": computed - read_done, "write_s": clock() - computed}
+        return FileOutcome(data.size, result.size, result.notes + save_notes, timings)
 
 
 def upscale(

@@ -352,3 +352,26 @@ def test_dangling_links_and_linked_folders_are_reported(tmp_path: Path, fake_mod
     assert files["gone.png"]["status"] == "failed" and files["gone.png"]["reason"] == "broken symbolic link"
     assert files["linked"]["status"] == "skipped" and "not followed" in files["linked"]["reason"]
     assert files["a.png"]["status"] == "done"
+
+
+def test_png_compression_changes_size_not_pixels_and_is_checked(tmp_path: Path, fake_model) -> None:
+    # a smooth gradient compresses well: level 0 (stored) must be larger than level 9, pixels equal
+    src = tmp_path / "g.png"
+    ramp = np.linspace(0, 255, 64 * 48, dtype=np.float64).reshape(48, 64)
+    Image.fromarray(np.stack([ramp, ramp[::-1], ramp.T[:48, :48].repeat(2, 1)[:, :64]], -1).astype(np.uint8)).save(src)
+    sizes, pixels = {}, {}
+    for level in (0, 9):
+        out = tmp_path / f"l{level}"
+        result = _run([str(src), "-o", str(out), "--png-compression", str(level)])
+        assert result.exit_code == 0, result.output
+        file = out / "g_x4.png"
+        sizes[level], pixels[level] = file.stat().st_size, np.asarray(Image.open(file))
+    assert sizes[0] > 2 * sizes[9]
+    assert np.array_equal(pixels[0], pixels[9])
+    bad = _run([str(src), "-o", str(tmp_path / "bad"), "--png-compression", "10"])
+    assert bad.exit_code != 0 and not (tmp_path / "bad" / "g_x4.png").exists()
+    from op4ksr.io.images import check_png_compression
+
+    assert check_png_compression(None) == 3 and check_png_compression(0) == 0
+    with pytest.raises(ValueError, match="--png-compression 10"):
+        check_png_compression(10)

@@ -16,6 +16,30 @@ def test_wavelet_fix_removes_a_colour_shift_exactly_and_keeps_detail():
     assert low_frequency(torch.full((1, 1, 16, 16), 0.3)).sub(0.3).abs().max() < 1e-6
 
 
+def _reference_low_frequency(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """The colour anchor's definition, written plainly: 3×3 binomial depthwise convolutions
+    with holes 1, 2, 4, … on replicate-padded input."""
+    import torch.nn.functional as F
+
+    k = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (k[:, None] * k[None, :] / 16.0).expand(x.shape[1], 1, 3, 3)
+    for i in range(levels):
+        d = 2**i
+        x = F.conv2d(F.pad(x, (d,) * 4, mode="replicate"), kernel, groups=x.shape[1], dilation=d)
+    return x
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 96), (2, 3, 37, 50), (1, 1, 9, 12)])
+def test_separable_low_pass_and_one_pass_fix_equal_the_definition(shape):
+    # the fast forms (separable shifted sums; sr + low(ref − sr)) against the 2-D definition,
+    # including images smaller than the largest hole (16 px)
+    torch.manual_seed(2)
+    sr, ref = torch.rand(shape), torch.rand(shape)
+    torch.testing.assert_close(low_frequency(sr), _reference_low_frequency(sr), atol=1e-6, rtol=0)
+    definition = sr - _reference_low_frequency(sr) + _reference_low_frequency(ref)
+    torch.testing.assert_close(wavelet_color_fix(sr, ref), definition, atol=1e-6, rtol=0)
+
+
 def test_adain_matches_mean_and_std():
     torch.manual_seed(1)
     sr, ref = torch.rand(2, 3, 32, 32) * 0.5, torch.rand(2, 3, 32, 32)

@@ -17,6 +17,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help and errors: rendering them with rich imports ~0.15 s of rich modules
+    # on every `--help` (target: under 0.5 s, docs/PERFORMANCE.md); progress bars still use rich.
+    rich_markup_mode=None,
 )
 
 # Order = order in `op4ksr --help`.

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from op4ksr.cli.common import fail
-from op4ksr.io.images import DEFAULT_MAX_PIXELS
+from op4ksr.io.limits import DEFAULT_MAX_PIXELS
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from op4ksr.cli.common import fail
-from op4ksr.io.images import DEFAULT_MAX_PIXELS
+from op4ksr.io.limits import DEFAULT_MAX_PIXELS
 
 
 class OutputFormat(str, Enum):
@@ -56,6 +56,12 @@ def upscale(
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.png,
     quality: Annotated[
         int | None, typer.Option("--quality", min=1, max=100, help="jpg/webp quality (default 95).")
+    ] = None,
+    png_compression: Annotated[
+        int | None,
+        typer.Option("--png-compression", min=0, max=9,
+                     help="PNG zlib level, 0 (fastest) to 9 (smallest); default 3, chosen by measurement "
+                          "(docs/PERFORMANCE.md)."),
     ] = None,
     suffix: Annotated[
         str | None, typer.Option("--suffix", help="Added to each output name (default _x<scale>).")
@@ -110,6 +116,7 @@ def upscale(
             scale=scale,
             fmt=fmt.value,
             quality=quality,
+            png_compression=png_compression,
             suffix=suffix,
             recursive=recursive,
             existing="overwrite" if overwrite else "skip" if skip_existing else "fail",
@@ -171,6 +178,7 @@ def _run_local(plan: Any, options: Any, model: str | None, device: str, dtype: s
     if upscaler is not None:
         meta["device"] = str(upscaler.pipe.device)
         meta["dtype"] = str(upscaler.pipe.dtype).removeprefix("torch.")
+        meta["load_seconds"] = round(upscaler.load_seconds, 4)  # imports of the model code included
     for result in plan.preflight:
         _print_result_line(result)
     progress = _progress(len(plan.items))

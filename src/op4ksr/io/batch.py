@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from op4ksr.io.images import (
+    check_png_compression,
     DEFAULT_MAX_PIXELS,
     FORMAT_SUFFIX,
     ImageError,
@@ -51,6 +52,7 @@ class BatchOptions:
     scale: int = 4
     fmt: str = "png"
     quality: int | None = None
+    png_compression: int | None = None  # None → io.images.PNG_COMPRESS_LEVEL
     suffix: str | None = None  # None → "_x<scale>"
     recursive: bool = False
     existing: str = "fail"  # "fail" | "skip" | "overwrite"
@@ -72,6 +74,7 @@ class BatchOptions:
             raise ValueError(f"existing must be one of {EXISTING_POLICIES}, got {self.existing!r}")
         if self.quality is not None and not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be 1–100, got {self.quality}")
+        check_png_compression(self.png_compression)
         if self.suffix is not None and (any(c in self.suffix for c in "/\\\0") or ".." in self.suffix):
             raise ValueError(f"--suffix {self.suffix!r}: a name suffix cannot hold '/', '\\', '..' or NUL")
 
@@ -99,12 +102,14 @@ class FileResult:
     output_size: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] | None = None  # read_s, compute_s, write_s of a done file
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["input_size"] = list(self.input_size) if self.input_size else None
         out["output_size"] = list(self.output_size) if self.output_size else None
         out["seconds"] = round(self.seconds, 3)
+        out["timings"] = {k: round(v, 4) for k, v in self.timings.items()} if self.timings else None
         return out
 
     @classmethod
@@ -366,6 +371,7 @@ def process_item(upscaler: Any, item: WorkItem, options: BatchOptions) -> FileRe
             scale=options.scale,
             fmt=options.fmt,
             quality=options.quality,
+            png_compression=options.png_compression,
             overwrite=options.existing == "overwrite",
             tiled=options.tiled,
             max_pixels=options.max_pixels,
@@ -394,6 +400,7 @@ def process_item(upscaler: Any, item: WorkItem, options: BatchOptions) -> FileRe
         outcome.output_size,
         outcome.notes,
         time.perf_counter() - start,
+        outcome.timings or None,
     )
 
 

@@ -37,8 +37,7 @@ from op4ksr.utils.atomic import atomic_path
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-# Pillow's own warning threshold (about a 9459² image); above it we refuse unless raised.
-DEFAULT_MAX_PIXELS = 89_478_485
+from op4ksr.io.limits import DEFAULT_MAX_PIXELS  # noqa: E402 - re-exported; defined without numpy
 
 OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
 FORMAT_SUFFIX: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
@@ -526,7 +525,7 @@ def icc_for_output(data: ImageData, colour: str) -> tuple[bytes | None, str | No
     return None, f"input ICC profile ({space}) does not describe {wanted} output: not embedded"
 
 
-def _save_kwargs(fmt: str, data: ImageData, quality: int | None) -> dict[str, Any]:
+def _save_kwargs(fmt: str, data: ImageData, quality: int | None, png_compression: int | None = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if data.icc_profile:
         kwargs["icc_profile"] = data.icc_profile
@@ -537,14 +536,27 @@ def _save_kwargs(fmt: str, data: ImageData, quality: int | None) -> dict[str, An
     elif fmt == "webp":
         kwargs.update(quality=quality or 95, method=4)
     elif fmt == "png":
-        kwargs.update(compress_level=PNG_COMPRESS_LEVEL)
+        kwargs.update(compress_level=check_png_compression(png_compression))
     elif fmt == "tiff":
         kwargs.update(compression="tiff_deflate")
     return kwargs
 
 
-def encode_image(data: ImageData, fmt: str, quality: int | None = None) -> tuple[bytes, list[str]]:
-    """Encode ``data`` in ``fmt``; returns the file bytes and notes on anything the format lost."""
+def check_png_compression(level: int | None) -> int:
+    """The zlib level for PNG output (``None``: :data:`PNG_COMPRESS_LEVEL`); ValueError outside 0–9."""
+    if level is None:
+        return PNG_COMPRESS_LEVEL
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+        raise ValueError(f"--png-compression {level!r}: choose a zlib level from 0 (none, fastest) to 9 (smallest)")
+    return level
+
+
+def encode_image(data: ImageData, fmt: str, quality: int | None = None,
+                 png_compression: int | None = None) -> tuple[bytes, list[str]]:
+    """Encode ``data`` in ``fmt``; returns the file bytes and notes on anything the format lost.
+
+    ``png_compression`` is the zlib level of PNG output (0–9, default :data:`PNG_COMPRESS_LEVEL`).
+    """
     fmt = normalise_format(fmt)
     colour, bits, keep_alpha, notes = output_plan(data, fmt)
     icc, icc_note = icc_for_output(data, colour)
@@ -552,7 +564,7 @@ def encode_image(data: ImageData, fmt: str, quality: int | None = None) -> tuple
     data = replace(data, icc_profile=icc)
     colour_16 = bits == 16 and (colour == "rgb" or keep_alpha)
     if colour_16 and fmt == "png":
-        return _encode_png16(data, colour, keep_alpha), notes
+        return _encode_png16(data, colour, keep_alpha, check_png_compression(png_compression)), notes
     if colour_16 and fmt == "tiff":
         body, tiff_notes = _encode_tiff16(data, colour, keep_alpha)
         return body, notes + tiff_notes
@@ -560,11 +572,11 @@ def encode_image(data: ImageData, fmt: str, quality: int | None = None) -> tuple
     if colour == "cmyk":
         pil = _rgb_to_cmyk(pil, data.icc_profile)
     buffer = io.BytesIO()
-    pil.save(buffer, format=OUTPUT_FORMATS[fmt], **_save_kwargs(fmt, data, quality))
+    pil.save(buffer, format=OUTPUT_FORMATS[fmt], **_save_kwargs(fmt, data, quality, png_compression))
     return buffer.getvalue(), notes
 
 
-def _encode_png16(data: ImageData, colour: str, keep_alpha: bool) -> bytes:
+def _encode_png16(data: ImageData, colour: str, keep_alpha: bool, level: int = PNG_COMPRESS_LEVEL) -> bytes:
     import png
 
     pixels = data.pixels if colour == "grey" or data.pixels.shape[-1] == 3 else np.repeat(data.pixels, 3, -1)
@@ -574,7 +586,7 @@ def _encode_png16(data: ImageData, colour: str, keep_alpha: bool) -> bytes:
     arr = _quantise(np.concatenate(planes, axis=-1), 16)
     height, width = arr.shape[:2]
     writer = png.Writer(
-        width, height, greyscale=colour == "grey", alpha=keep_alpha, bitdepth=16, compression=PNG_COMPRESS_LEVEL
+        width, height, greyscale=colour == "grey", alpha=keep_alpha, bitdepth=16, compression=level
     )
     raw = io.BytesIO()
     writer.write_array(raw, arr.reshape(-1))
@@ -621,6 +633,7 @@ def save_image(
     *,
     quality: int | None = None,
     overwrite: bool = False,
+    png_compression: int | None = None,
 ) -> list[str]:
     """Encode and write ``data`` atomically; returns notes on anything the format lost.
 
@@ -629,7 +642,7 @@ def save_image(
     """
     path = Path(path)
     fmt = normalise_format(fmt or path.suffix or "png")
-    body, notes = encode_image(data, fmt, quality)
+    body, notes = encode_image(data, fmt, quality, png_compression)
     with atomic_path(path, overwrite=overwrite) as tmp:
         write_temp_bytes(tmp, body)
     return notes

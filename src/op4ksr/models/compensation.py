@@ -37,9 +37,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from op4ksr.models.modeling import ConfigModel, register_to_config
 
 UNSHUFFLE = 2  # the guide's first level and the RGB head run at half the output size
 
@@ -67,7 +67,7 @@ def _zero(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
-class HighFrequencyCompensation(ModelMixin, ConfigMixin):
+class HighFrequencyCompensation(ConfigModel):
     """LR-guided corrections for each decoder level and for the decoded RGB (see module doc).
 
     Args:

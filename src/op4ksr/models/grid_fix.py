@@ -110,16 +110,23 @@ def periodic_spectrum(windows: torch.Tensor) -> torch.Tensor:
     spectrum = torch.fft.rfft2(windows)
     d_rows = torch.fft.rfft(windows[..., -1, :] - windows[..., 0, :], dim=-1)  # [..., N//2 + 1]
     d_cols = torch.fft.fft(windows[..., :, -1] - windows[..., :, 0], dim=-1)  # [..., M]
-    q = 2 * torch.pi * torch.arange(m, device=windows.device, dtype=windows.dtype) / m
-    r = 2 * torch.pi * torch.arange(n // 2 + 1, device=windows.device, dtype=windows.dtype) / n
+    edge_rows, edge_cols = _smooth_factors(m, n, windows.device, windows.dtype)
+    # ŝ = A·D_rows + B·D_cols with A, B fixed per window size: two broadcast multiply-subtracts
+    # over the spectrum, in place, instead of building v̂ and dividing it
+    spectrum.sub_(edge_rows * d_rows[..., None, :]).sub_(edge_cols * d_cols[..., :, None])
+    spectrum[..., 0, 0] = 0
+    return spectrum
+
+
+def _smooth_factors(m: int, n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = (1 − e^{2πiq/M}) / den and B = (1 − e^{2πir/N}) / den, [M, N//2 + 1] (DC: 0)."""
+    q = 2 * torch.pi * torch.arange(m, device=device, dtype=dtype) / m
+    r = 2 * torch.pi * torch.arange(n // 2 + 1, device=device, dtype=dtype) / n
     edge_q = 1 - torch.polar(torch.ones_like(q), q)
     edge_r = 1 - torch.polar(torch.ones_like(r), r)
-    v_hat = edge_q[:, None] * d_rows[..., None, :] + edge_r[None, :] * d_cols[..., :, None]
     denominator = 2 * torch.cos(q)[:, None] + 2 * torch.cos(r)[None, :] - 4
-    denominator[0, 0] = 1.0  # DC: zeroed below
-    periodic = spectrum - v_hat / denominator
-    periodic[..., 0, 0] = 0
-    return periodic
+    denominator[0, 0] = 1.0  # DC: zeroed by the caller
+    return edge_q[:, None] / denominator, edge_r[None, :] / denominator
 
 
 def _half_index(rows: torch.Tensor, cols: torch.Tensor, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +142,7 @@ def _window_corrections(windows: torch.Tensor, period: int, kappa: float) -> tor
     sh, sw = windows.shape[-2:]
     step_y, step_x = sh // period, sw // period
     spectrum = periodic_spectrum(windows)
-    power = spectrum.real.square() + spectrum.imag.square()
+    power = torch.view_as_real(spectrum).square().sum(-1).flatten(-2)  # [..., M·(N//2 + 1)]
     # The harmonics of the half spectrum (b ≤ period/2) but DC; the others mirror them.
     k = torch.arange(period, device=windows.device)
     half = torch.arange(period // 2 + 1, device=windows.device)
@@ -143,8 +150,11 @@ def _window_corrections(windows: torch.Tensor, period: int, kappa: float) -> tor
     rows, cols = a * step_y, b * step_x
     dy, dx = (o.to(windows.device) for o in _ring_offsets(step_y, step_x))
     ring_rows, ring_cols = _half_index(rows[:, None] + dy, cols[:, None] + dx, sh, sw)
-    background = power[..., ring_rows, ring_cols].median(dim=-1).values
-    harmonic = power[..., rows, cols]
+    # one gather on the flattened spectrum (cheaper than 2-D advanced indexing)
+    width = sw // 2 + 1
+    ring = (ring_rows * width + ring_cols).flatten()
+    background = power.index_select(-1, ring).unflatten(-1, tuple(ring_rows.shape)).median(dim=-1).values
+    harmonic = power.index_select(-1, rows * width + cols)
     del power
     gain = torch.where(harmonic > 0, (kappa * background / harmonic.clamp_min(1e-30)).clamp(max=1.0),
                        torch.ones_like(harmonic))

@@ -173,9 +173,13 @@ def _read_config(part: str, part_dir: Path, cls, root: Path) -> dict:
 
 
 def load_part(part: str, part_dir: Path, cls=None, config_overrides: dict | None = None,
-              root: Path | None = None) -> torch.nn.Module:
+              root: Path | None = None, *, device: torch.device | None = None, dtype: torch.dtype | None = None,
+              channels_last: bool = False) -> torch.nn.Module:
     """Build ``cls`` from ``part_dir/config.json`` on the meta device and assign its safetensors weights
-    (files must lie inside ``root``, default: ``part_dir``)."""
+    (files must lie inside ``root``, default: ``part_dir``).
+
+    With ``device``/``dtype``/``channels_last`` each tensor is converted once, straight from the
+    file's tensor into the module (no second full copy from a later ``.to``)."""
     cls = cls or PART_CLASSES.get(part) or OPTIONAL_PART_CLASSES[part]
     root = part_dir if root is None else root
     config = _read_config(part, part_dir, cls, root)
@@ -198,8 +202,20 @@ def load_part(part: str, part_dir: Path, cls=None, config_overrides: dict | None
             details.append(f"{len(mismatched)} with wrong shape (e.g. {k}: file {tuple(state[k].shape)} "
                            f"vs config {tuple(expected[k].shape)})")
         raise ModelLoadError(f"{part_dir}: {part} weights do not match its config.json: " + "; ".join(details))
+    if device is not None or dtype is not None or channels_last:
+        state = {k: _converted(v, device, dtype, channels_last) for k, v in state.items()}
     module.load_state_dict(state, strict=True, assign=True)
     return module.eval().requires_grad_(False)
+
+
+def _converted(tensor: torch.Tensor, device: torch.device | None, dtype: torch.dtype | None,
+               channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last and tensor.ndim == 4 else torch.preserve_format
+    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None, memory_format=fmt)
+
+
+# channels-last 3×3 convolutions are markedly faster on CPU (docs/PERFORMANCE.md)
+CHANNELS_LAST_PARTS = frozenset({"vae", "compensation"})
 
 
 def _read_index(directory: Path) -> dict:
@@ -228,13 +244,15 @@ def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
     directory = Path(directory)
     index = _read_index(directory)
     refuse_pickles(directory)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     parts = {}
     for part in PART_CLASSES:
         if part not in index or not (directory / part).is_dir():
             raise ModelLoadError(f"{directory}: the {part!r} part is missing")
-        parts[part] = load_part(part, directory / part, root=directory)
-    for part in _optional_parts_in(directory, index):
-        parts[part] = load_part(part, directory / part, root=directory)
+    for part in [*PART_CLASSES, *_optional_parts_in(directory, index)]:
+        parts[part] = load_part(part, directory / part, root=directory, device=device, dtype=dtype,
+                                channels_last=device.type == "cpu" and part in CHANNELS_LAST_PARTS)
     options = _pipeline_options(index)
     try:
         pipe = OP4KSRPipeline(**parts, **options)
@@ -249,13 +267,12 @@ def move_pipeline(pipe: OP4KSRPipeline, device: str | torch.device = "auto",
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     for module in pipeline_parts(pipe).values():
-        # nn.Module.to directly: ModelMixin.to warns on every dtype cast
-        torch.nn.Module.to(module, device=device, dtype=dtype)
+        module.to(device=device, dtype=dtype)  # a no-op for parts from_pretrained already placed
     if device.type == "cpu":
-        # channels-last 3×3 convolutions are markedly faster on CPU (docs/PERFORMANCE.md)
-        pipe.vae.to(memory_format=torch.channels_last)
-        if pipe.compensation is not None:
-            pipe.compensation.to(memory_format=torch.channels_last)
+        for name in CHANNELS_LAST_PARTS:
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
     return pipe
 
 
@@ -303,7 +320,7 @@ def load_ultraflux_parts(vae_dir: str | Path, transformer_dir: str | Path, promp
         refuse_pickles(d)
     vae = load_part("vae", vae_dir)
     transformer = load_part("transformer", transformer_dir, config_overrides={"rope_theta": rope_theta})
-    embeds = load_file(str(prompt_file))
+    embeds = _load_safetensors(Path(prompt_file), "prompt embeddings")
     for key in ("prompt_embeds", "pooled_prompt_embeds"):
         if key not in embeds:
             raise ModelLoadError(f"{prompt_file}: missing tensor {key!r}")

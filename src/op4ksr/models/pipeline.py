@@ -11,17 +11,16 @@ two can be compared with the same weights.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline
 
 from op4ksr.models.color import COLOR_FIXES, apply_color_fix
 from op4ksr.models.compensation import HighFrequencyCompensation
 from op4ksr.models.flow import x0_from_velocity
 from op4ksr.models.grid_fix import GRID_FIXES, token_notch
+from op4ksr.models.modeling import ConfigPipeline
 from op4ksr.models.packing import PATCH, image_ids, pack_latents, text_ids, unpack_latents
 from op4ksr.models.prompt import FixedPromptEmbeddings
 from op4ksr.models.transformer import OP4KSRTransformer
@@ -37,7 +36,7 @@ class TileConfig:
     gaussian_sigma: float = 0.3  # of the tile size, for the blending weights
 
 
-class OP4KSRPipeline(DiffusionPipeline):
+class OP4KSRPipeline(ConfigPipeline):
     """One-step, patch-free super-resolution.
 
     Args:
@@ -58,8 +57,7 @@ class OP4KSRPipeline(DiffusionPipeline):
             override exists.
     """
 
-    model_cpu_offload_seq = "vae->transformer"
-    _optional_components = ["compensation"]  # diffusers saves and lists optional parts only if named here
+    _optional_components = ["compensation"]  # saved as [null, null] in model_index.json when absent
 
     def __init__(self, vae: F16AutoencoderKL, transformer: OP4KSRTransformer, prompt: FixedPromptEmbeddings,
                  sigma: float = 0.7, scale: int = 4, guidance: float = 1.0, color_fix: str = "none",
@@ -269,7 +267,3 @@ def _gaussian_window(size: int, rel_sigma: float, device: torch.device, dtype: t
     g = torch.exp(-0.5 * (coords / (rel_sigma * size)) ** 2)
     return (g[:, None] * g[None, :]).to(dtype)[None, None]
 
-
-def tokens_for_output(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
-    """Token grid (rows, cols) for an output of height × width pixels."""
-    return math.ceil(height / multiple), math.ceil(width / multiple)

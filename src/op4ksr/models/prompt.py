@@ -8,16 +8,16 @@ constants of the prior stage. Either way they are a small model part saved as sa
 from __future__ import annotations
 
 import torch
-from diffusers import ModelMixin
-from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
+
+from op4ksr.models.modeling import ConfigModel, register_to_config
 
 S3DIFF_PROMPT = (
     "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural lighting."
 )
 
 
-class FixedPromptEmbeddings(ModelMixin, ConfigMixin):
+class FixedPromptEmbeddings(ConfigModel):
     """``prompt_embeds`` [1, L, joint_attention_dim] and ``pooled_prompt_embeds`` [1, pooled_dim]."""
 
     @register_to_config

@@ -23,6 +23,7 @@ from op4ksr.io.images import (
     save_image,
     to_pil,
 )
+from op4ksr.utils.errors import ModelLoadError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -31,10 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
 # Below this upscaled alpha a pixel is treated as fully transparent when un-premultiplying
 # (dividing by a near-zero alpha would only amplify noise in pixels nobody can see).
 _ALPHA_EPS = 1.0 / 1024.0
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message is one line naming the model and the reason."""
 
 
 @dataclass
@@ -62,8 +59,7 @@ def load_model(model: str | os.PathLike | None = None, *, device: str = "auto", 
     try:
         return load_pipeline(None if model is None else str(model), device=device, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the user gets one line
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"model {label!r}: {first_line}") from None
+        raise ModelLoadError(f"model {label!r}: {one_line(exc)}") from None
 
 
 class _PlannerAbsent(Exception):

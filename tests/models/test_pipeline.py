@@ -99,3 +99,19 @@ def test_estimate_for_ultraflux_4k():
     assert 20 * 2**30 < est.peak_bytes < 80 * 2**30
     # linear FLOPs are 2 × per-token parameters × tokens; attention 4·L²·hidden per block
     assert est.dit_attention_flops == pytest.approx(4 * (16384 + 512) ** 2 * 3072 * 57)
+
+
+def test_the_call_is_its_named_steps(tiny_pipeline):
+    # inference, training and the diagnostics share lr_latent → denoise → decode → post_process:
+    # composing them by hand must give the call's output bit for bit, post-steps on and off
+    torch.manual_seed(3)
+    lr = torch.rand(2, 3, 20, 28)
+    for color_fix, grid_fix in (("none", "none"), ("wavelet", "notch")):
+        with torch.inference_mode():
+            steps = tiny_pipeline.lr_latent(lr)
+            assert steps.size == (80, 112) and steps.upsampled.shape[-2:] == (96, 128)
+            out = tiny_pipeline.decode(tiny_pipeline.denoise(steps.latent), steps.upsampled)
+            by_hand = tiny_pipeline.post_process(out, steps.upsampled, steps.size, color_fix, grid_fix)
+        assert torch.equal(by_hand, tiny_pipeline(lr, color_fix=color_fix, grid_fix=grid_fix))
+    with pytest.raises(ValueError, match="grid_fix"):
+        tiny_pipeline(lr, grid_fix="blur")

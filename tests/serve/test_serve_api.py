@@ -303,7 +303,8 @@ def test_help_says_local_only():
 
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    assert "127.0.0.1" in result.output and "no authentication" in result.output
+    text = " ".join(result.output.split())  # help is wrapped to the terminal width
+    assert "127.0.0.1" in text and "no authentication" in text
 
 
 def test_real_tiny_model_end_to_end(serve_factory, tiny_pipeline, png_bytes, wait_until):

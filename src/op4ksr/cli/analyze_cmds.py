@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from op4ksr.cli.common import fail
+from op4ksr.utils.errors import one_line
 
 
 def _add_rope(analyze: typer.Typer) -> None:
@@ -61,7 +62,7 @@ def _add_rope(analyze: typer.Typer) -> None:
                      overwrite=overwrite)
             save_png(similarity_plot(thetas, dim, grid), similarity_path, overwrite=overwrite)
         except (FileExistsError, OSError) as exc:
-            fail(str(exc).splitlines()[0])
+            fail(one_line(exc))
         typer.echo(f"wrote {phase_path}")
         typer.echo(f"wrote {similarity_path}")
 
@@ -123,7 +124,7 @@ def _add_latents(analyze: typer.Typer) -> None:
             save_png(hstack(panels), both, overwrite=overwrite)
             typer.echo(f"wrote {both}")
         except (FileExistsError, OSError) as exc:
-            fail(str(exc).splitlines()[0])
+            fail(one_line(exc))
         ev = ", ".join(f"{v:.2f}" for v in views.explained_variance)
         typer.echo(f"shared PCA basis; explained variance of the 3 components: {ev}")
 
@@ -173,7 +174,7 @@ def _add_mid_timestep(analyze: typer.Typer) -> None:
         try:
             save_png(plot, path, overwrite=overwrite)
         except (FileExistsError, OSError) as exc:
-            fail(str(exc).splitlines()[0])
+            fail(one_line(exc))
         typer.echo(f"wrote {path}")
 
 
@@ -197,7 +198,6 @@ def _add_ceiling(analyze: typer.Typer) -> None:
         from op4ksr.eval.bench import build_metrics, load_suites
         from op4ksr.eval.diagnostics.ceiling import ceiling_means, vae_ceiling
         from op4ksr.eval.metrics import PatchConfig
-        from op4ksr.utils.errors import one_line
 
         try:
             loaded = load_suites(suites, max_images=max_images)

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from op4ksr.cli.common import fail
+from op4ksr.utils.errors import one_line
 
 _DEFAULT_METHODS = "bicubic,lanczos,realesrgan,op4ksr-tiled,op4ksr"
 
@@ -70,7 +71,7 @@ def register(app: typer.Typer) -> None:
             labels = method_labels(config.methods)
             loaded = load_suites(suites, max_images=max_images, verify=verify)
         except (ValueError, OSError) as exc:
-            fail(str(exc).splitlines()[0])
+            fail(one_line(exc))
         # Refuse before any work, so a long run never ends on a collision.
         if not overwrite:
             for rel in [RESULTS_JSON, *REPORT_OUTPUTS, *planned_outputs(loaded, labels)]:
@@ -88,13 +89,13 @@ def register(app: typer.Typer) -> None:
             try:
                 results = run_bench(suites, out, config, overwrite=overwrite, on_progress=on_progress)
             except (ValueError, OSError, RuntimeError) as exc:
-                fail(str(exc).splitlines()[0])
+                fail(one_line(exc))
             report_task = progress.add_task("report", total=report_image_count(results))
             try:
                 paths = write_reports(results, out, ReportConfig(crop=crop, embed=embed), overwrite=overwrite,
                                       on_image=lambda: progress.advance(report_task))
             except (ValueError, OSError) as exc:
-                fail(str(exc).splitlines()[0])
+                fail(one_line(exc))
 
         for info in results.metrics:
             if info.unavailable:

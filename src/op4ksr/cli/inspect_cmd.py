@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 
 from op4ksr.cli.common import fail
+from op4ksr.models.constants import TOKEN_PERIOD
+from op4ksr.utils.errors import one_line
 
 JSON_SCHEMA_VERSION = 1
 
@@ -28,7 +30,7 @@ def register(app: typer.Typer) -> None:
         images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="Images to inspect (any SR output).")],
         reference: Annotated[Path | None, typer.Option(
             "--reference", help="Reference image of the same size (e.g. ground truth): adds its score and L_AP.")] = None,
-        period: Annotated[int, typer.Option("--period", help="Token period in px (16× VAE × 2×2 packing = 32).")] = 32,
+        period: Annotated[int, typer.Option("--period", help="Token period in px (16× VAE × 2×2 packing = 32).")] = TOKEN_PERIOD,
         threshold_db: Annotated[float | None, typer.Option(
             "--threshold-db", help="Flag threshold in dB (default: the calibrated one, docs/INSPECTOR.md).")] = None,
         out: Annotated[Path | None, typer.Option(
@@ -62,7 +64,7 @@ def register(app: typer.Typer) -> None:
             try:
                 return load_image(path).pixels
             except (ImageError, OSError) as exc:
-                fail(f"{path}: {getattr(exc, 'reason', None) or str(exc).splitlines()[0]}")
+                fail(f"{path}: {getattr(exc, 'reason', None) or one_line(exc)}")
 
         reference_pixels = load(reference) if reference is not None else None
         results = []
@@ -81,7 +83,7 @@ def register(app: typer.Typer) -> None:
                     files = save_inspection(report, folder, image_name=path.name, luma=to_luma(pixels),
                                             extra=extra, overwrite=overwrite)
                 except (ValueError, FileExistsError, OSError) as exc:
-                    fail(f"{path}: {str(exc).splitlines()[0]}")
+                    fail(f"{path}: {one_line(exc)}")
                 results.append({**extra, **report.to_dict(), "report_dir": str(folder),
                                 "outputs": {key: str(p) for key, p in files.items()}})
                 progress.advance(task)

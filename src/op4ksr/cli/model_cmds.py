@@ -24,7 +24,6 @@ def info(
     from op4ksr.models.planner import human_bytes
     from op4ksr.models.presets import build_pipeline, list_presets
     from op4ksr.utils.device import resolve_dtype
-    from op4ksr.utils.errors import one_line
 
     width, height = parse_size(size)
     try:

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from op4ksr.eval.metrics import PatchConfig
+from op4ksr.utils.errors import one_line
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -501,7 +502,7 @@ def run_bench(
         try:
             method = create_method(spec, device=device, **(method_options or {}).get(spec, {}))
         except (ValueError, OSError, RuntimeError) as exc:  # unknown name, missing weights, bad folder
-            raise ValueError(f"method {spec!r}: {str(exc).splitlines()[0]}") from exc
+            raise ValueError(f"method {spec!r}: {one_line(exc)}") from exc
         with method:
             if metric_infos is None:
                 # Built once, with the first method's scale (all methods of a run share the suites' scale).
@@ -560,7 +561,7 @@ def _score(result: ImageResult, sr: torch.Tensor, hr: torch.Tensor | None,
             value = float(metrics[info.name](sr, hr)[0])
         except (ValueError, RuntimeError) as exc:
             result.metrics[info.name] = None
-            result.errors[info.name] = str(exc).splitlines()[0]
+            result.errors[info.name] = one_line(exc)
             continue
         result.metrics[info.name] = value if math.isfinite(value) else None
         if not math.isfinite(value):

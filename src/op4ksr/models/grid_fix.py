@@ -35,7 +35,11 @@ from __future__ import annotations
 import torch
 
 GRID_FIXES = ("none", "notch")
-TOKEN_PERIOD = 32  # F16 VAE × 2×2 packing: pixels per token side
+from op4ksr.models.constants import TOKEN_PERIOD
+from op4ksr.models.packing import window_starts
+
+__all__ = ["GRID_FIXES", "NOTCH_PASSES", "TOKEN_PERIOD", "notch_pass", "periodic_spectrum", "phase_mean",
+           "tent_weights", "token_notch", "window_starts"]
 # (window in tokens, κ) per pass, measured on the held-out suites (docs/MODEL_CARD.md): 256-px
 # windows first — the 16-px latent-pixel pattern is blotchy and stands out of its surroundings
 # only over many periods — then 128-px windows for 32-px grids that change over ~100 px, with a
@@ -58,16 +62,6 @@ def phase_mean(x: torch.Tensor, period: int = TOKEN_PERIOD) -> torch.Tensor:
         raise ValueError(f"image {height}×{width} holds fewer than 2×2 periods of {period} px")
     x = x[..., : rows * period, : cols * period]
     return x.unflatten(-2, (rows, period)).unflatten(-1, (cols, period)).mean(dim=(-4, -2))
-
-
-def window_starts(length: int, side: int, stride: int) -> list[int]:
-    """Starts of windows of ``side`` px every ``stride`` px covering [0, length); the last one ends at ``length``."""
-    if length <= side:
-        return [0]
-    starts = list(range(0, length - side + 1, stride))
-    if starts[-1] + side < length:
-        starts.append(length - side)
-    return starts
 
 
 def tent_weights(length: int, side: int, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,12 +25,13 @@ import torch
 from safetensors.torch import load_file
 
 from op4ksr.models.compensation import HighFrequencyCompensation
+from op4ksr.models.constants import DEFAULT_SIGMA, OP4KSR_ROPE_THETA
 from op4ksr.models.pipeline import OP4KSRPipeline
 from op4ksr.models.prompt import FixedPromptEmbeddings
 from op4ksr.models.transformer import OP4KSRTransformer
 from op4ksr.models.vae import F16AutoencoderKL
 from op4ksr.utils.device import resolve_device, resolve_dtype
-from op4ksr.utils.errors import one_line
+from op4ksr.utils.errors import ModelLoadError, one_line
 
 PIPELINE_OPTIONS = ("sigma", "scale", "guidance", "color_fix", "grid_fix", "fidelity")
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
@@ -52,10 +53,6 @@ CONFIG_LIMITS = {
     "head_layers": 64,
 }
 MAX_LIST_LENGTH, MAX_LIST_VALUE = 16, 65536  # block_out_channels, level_channels, axes_dims_rope, …
-
-
-class ModelLoadError(ValueError):
-    """A model directory cannot be loaded; the message names the part and the problem."""
 
 
 def contained_file(root: Path, path: Path, what: str) -> Path:
@@ -311,7 +308,7 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
 
 
 def load_ultraflux_parts(vae_dir: str | Path, transformer_dir: str | Path, prompt_file: str | Path, *,
-                         sigma: float = 0.7, rope_theta: float = 100.0) -> OP4KSRPipeline:
+                         sigma: float = DEFAULT_SIGMA, rope_theta: float = OP4KSR_ROPE_THETA) -> OP4KSRPipeline:
     """Assemble a pipeline from a real UltraFlux ``vae/`` and ``transformer/`` folder (unchanged
     diffusers layout) plus a safetensors file with ``prompt_embeds`` and ``pooled_prompt_embeds``.
     The transformer gets RFR's θ (default 100) regardless of its YaRN settings."""

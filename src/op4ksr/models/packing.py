@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import torch
 
-PATCH = 2  # 2×2 packing; with the F16 VAE one token covers 32×32 output pixels
+from op4ksr.models.constants import PATCH  # 2×2 packing; with the F16 VAE one token covers 32×32 pixels
+
+
+def window_starts(length: int, side: int, stride: int) -> list[int]:
+    """Starts of windows of ``side`` every ``stride`` covering [0, length); the last one ends at
+    ``length`` (the tiled baseline's latent tiles and the notch's pixel windows)."""
+    if length <= side:
+        return [0]
+    starts = list(range(0, length - side + 1, stride))
+    if starts[-1] + side < length:
+        starts.append(length - side)
+    return starts
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

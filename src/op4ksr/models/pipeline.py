@@ -18,13 +18,23 @@ import torch.nn.functional as F
 
 from op4ksr.models.color import COLOR_FIXES, apply_color_fix
 from op4ksr.models.compensation import HighFrequencyCompensation
+from op4ksr.models.constants import DEFAULT_SIGMA, check_sigma
 from op4ksr.models.flow import x0_from_velocity
 from op4ksr.models.grid_fix import GRID_FIXES, token_notch
 from op4ksr.models.modeling import ConfigPipeline
-from op4ksr.models.packing import PATCH, image_ids, pack_latents, text_ids, unpack_latents
+from op4ksr.models.packing import PATCH, image_ids, pack_latents, text_ids, unpack_latents, window_starts
 from op4ksr.models.prompt import FixedPromptEmbeddings
 from op4ksr.models.transformer import OP4KSRTransformer
 from op4ksr.models.vae import F16AutoencoderKL
+
+
+@dataclass
+class LRLatent:
+    """The first step's result for a batch: what the DiT step and the decoder need."""
+
+    upsampled: torch.Tensor  # bicubic ×scale, padded to the token grid: the encoder's input and the guide
+    size: tuple[int, int]  # (H, W) of the output before padding
+    latent: torch.Tensor  # normalised E(upsampled), taken as z_σ
 
 
 @dataclass(frozen=True)
@@ -60,12 +70,11 @@ class OP4KSRPipeline(ConfigPipeline):
     _optional_components = ["compensation"]  # saved as [null, null] in model_index.json when absent
 
     def __init__(self, vae: F16AutoencoderKL, transformer: OP4KSRTransformer, prompt: FixedPromptEmbeddings,
-                 sigma: float = 0.7, scale: int = 4, guidance: float = 1.0, color_fix: str = "none",
+                 sigma: float = DEFAULT_SIGMA, scale: int = 4, guidance: float = 1.0, color_fix: str = "none",
                  grid_fix: str = "none", compensation: HighFrequencyCompensation | None = None,
                  fidelity: float = 1.0):
         super().__init__()
-        if not 0.0 < float(sigma) <= 1.0:
-            raise ValueError(f"sigma must be in (0, 1], got {sigma}")
+        check_sigma(sigma)
         if color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {color_fix!r}")
         if grid_fix not in GRID_FIXES:
@@ -119,6 +128,12 @@ class OP4KSRPipeline(ConfigPipeline):
             mode = "reflect" if ph < height and pw < width else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         return x, (height, width)
+
+    def lr_latent(self, images: torch.Tensor) -> LRLatent:
+        """Step 1, shared by inference, training and the diagnostics: LR [B, 3, h, w] in [0, 1] →
+        bicubic ×scale → pad → normalised latent z_σ."""
+        upsampled, size = self.upsample_and_pad(images)
+        return LRLatent(upsampled, size, self.encode(upsampled))
 
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
         """Images in [0,1] (already at the output size) → normalised latent (DiT space)."""
@@ -180,8 +195,8 @@ class OP4KSRPipeline(ConfigPipeline):
         size = min(tiles.tile, h, w)
         size -= size % PATCH
         stride = max(size - tiles.overlap, PATCH)
-        tops = _tile_starts(h, size, stride)
-        lefts = _tile_starts(w, size, stride)
+        tops = window_starts(h, size, stride)
+        lefts = window_starts(w, size, stride)
         weight = _gaussian_window(size, tiles.gaussian_sigma, z_sigma.device, z_sigma.dtype)
         out = torch.zeros_like(z_sigma)
         norm = torch.zeros(1, 1, h, w, device=z_sigma.device, dtype=z_sigma.dtype)
@@ -193,6 +208,40 @@ class OP4KSRPipeline(ConfigPipeline):
                 norm[:, :, top:top + size, left:left + size] += weight
         return out / norm
 
+    def post_step_names(self, color_fix: str | None = None, grid_fix: str | None = None) -> tuple[str, str]:
+        """(colour fix, grid fix) for a call: the overrides or the model's, checked."""
+        color = self.config.color_fix if color_fix is None else color_fix
+        grid = self.config.grid_fix if grid_fix is None else grid_fix
+        if color not in COLOR_FIXES:
+            raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {color!r}")
+        if grid not in GRID_FIXES:
+            raise ValueError(f"grid_fix must be one of {GRID_FIXES}, got {grid!r}")
+        return color, grid
+
+    def post_process(self, out: torch.Tensor, reference: torch.Tensor | None, size: tuple[int, int],
+                     color_fix: str | None = None, grid_fix: str | None = None,
+                     images: torch.Tensor | None = None) -> torch.Tensor:
+        """The last step: colour anchor and notch (the model's or the given ones) on the padded
+        decoder output ``out`` (in place), then the crop to ``size``.
+
+        ``reference`` is the padded bicubic upsample (:attr:`LRLatent.upsampled`); when it was freed
+        to save memory pass the LR ``images`` and it is recomputed only if a colour fix needs it.
+        """
+        height, width = size
+        color, grid = self.post_step_names(color_fix, grid_fix)
+        if color != "none":
+            if reference is None:
+                if images is None:
+                    raise ValueError("a colour fix needs the bicubic reference or the LR images")
+                reference = self.upsample_and_pad(images)[0]
+            fixed = apply_color_fix(out[..., :height, :width], reference[..., :height, :width], color)
+            out[..., :height, :width] = fixed.clamp_(0.0, 1.0)
+            del fixed, reference
+        if grid != "none":
+            # on the padded output: every window starts on the token grid
+            out = token_notch(out).clamp_(0.0, 1.0)
+        return out[..., :height, :width]
+
     # ------------------------------------------------------------------ call
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, *, tiled: bool = False, tiles: TileConfig = TileConfig(),
@@ -201,6 +250,8 @@ class OP4KSRPipeline(ConfigPipeline):
         """Super-resolve a batch [B, 3, h, w] in [0, 1] → [B, 3, scale·h, scale·w] in [0, 1].
 
         ``color_fix``, ``grid_fix`` and ``fidelity`` override the model's configured values for this call.
+        The steps are :meth:`lr_latent` → :meth:`denoise` (one DiT call) → :meth:`decode` →
+        :meth:`post_process`; training and the diagnostics call the same methods.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] batch, got shape {tuple(images.shape)}")
@@ -208,29 +259,17 @@ class OP4KSRPipeline(ConfigPipeline):
         if check_memory:
             self.check_fits(h * self.scale, w * self.scale, batch=b)
         weight = self.fidelity if fidelity is None else check_fidelity(fidelity)
-        x, (height, width) = self.upsample_and_pad(images.to(self.device, self.dtype))
-        z = self.encode(x)
-        guide_image = x if self.compensation is not None and weight > 0 else None
-        del x  # without compensation, free the full-size input before the DiT (peak = max of stages)
+        color_fix, grid_fix = self.post_step_names(color_fix, grid_fix)  # before any work
+        images = images.to(self.device, self.dtype)
+        lr = self.lr_latent(images)
+        guide_image = lr.upsampled if self.compensation is not None and weight > 0 else None
+        size, z = lr.size, lr.latent
+        del lr  # without compensation, free the full-size input before the DiT (peak = max of stages)
         z0 = self.denoise_tiled(z, tiles) if tiled else self.denoise(z)
         del z
         out = self.decode(z0, guide_image, weight)  # padded to the token grid
         del z0
-        color = self.config.color_fix if color_fix is None else color_fix
-        grid = getattr(self.config, "grid_fix", "none") if grid_fix is None else grid_fix
-        if grid not in GRID_FIXES:
-            raise ValueError(f"grid_fix must be one of {GRID_FIXES}, got {grid!r}")
-        if color != "none":
-            reference = guide_image if guide_image is not None else self.upsample_and_pad(
-                images.to(self.device, self.dtype))[0]
-            fixed = apply_color_fix(out[..., :height, :width], reference[..., :height, :width], color)
-            out[..., :height, :width] = fixed.clamp_(0.0, 1.0)
-            del fixed, reference
-        del guide_image
-        if grid != "none":
-            # on the padded output: every window starts on the token grid
-            out = token_notch(out).clamp_(0.0, 1.0)
-        return out[..., :height, :width].float()
+        return self.post_process(out, guide_image, size, color_fix, grid_fix, images=images).float()
 
     # ------------------------------------------------------------------ planning
     def estimate(self, height: int, width: int, batch: int = 1, dtype: torch.dtype | None = None):
@@ -252,14 +291,6 @@ def check_fidelity(fidelity: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"fidelity must be in [0, 1] (0 = the decoder alone, 1 = full compensation), got {fidelity}")
     return value
-
-
-def _tile_starts(length: int, size: int, stride: int) -> list[int]:
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size, stride))
-    starts.append(length - size)
-    return sorted(set(starts))
 
 
 def _gaussian_window(size: int, rel_sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

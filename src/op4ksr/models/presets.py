@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from op4ksr.models.constants import DEFAULT_SIGMA, OP4KSR_ROPE_THETA
+
 if TYPE_CHECKING:  # pragma: no cover
     from op4ksr.models.compensation import HighFrequencyCompensation
 
@@ -65,10 +67,10 @@ register_preset(ModelPreset(
              mid_block_add_attention=True),
     transformer=dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                      num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-                     guidance_embeds=True, axes_dims_rope=(16, 56, 56), rope_theta=100.0),
+                     guidance_embeds=True, axes_dims_rope=(16, 56, 56), rope_theta=OP4KSR_ROPE_THETA),
     prompt=dict(sequence_length=512, joint_attention_dim=4096, pooled_projection_dim=768),
     # σ = 1 − t_mid with the paper's t_mid = 0.3 read literally (see models/flow.py).
-    pipeline=dict(sigma=0.7, scale=4, guidance=1.0),
+    pipeline=dict(sigma=DEFAULT_SIGMA, scale=4, guidance=1.0),
 ))
 
 # Same structure, sized so that 1024→4096 runs in about a minute on a 2-core CPU (docs/PERFORMANCE.md).
@@ -84,7 +86,7 @@ register_preset(ModelPreset(
              mid_block_add_attention=False),
     transformer=dict(in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=64,
                      num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64,
-                     guidance_embeds=False, axes_dims_rope=(8, 28, 28), rope_theta=100.0),
+                     guidance_embeds=False, axes_dims_rope=(8, 28, 28), rope_theta=OP4KSR_ROPE_THETA),
     prompt=dict(sequence_length=8, joint_attention_dim=64, pooled_projection_dim=64),
     pipeline=dict(sigma=0.5, scale=4, guidance=1.0),
     compensation=dict(guide_channels=16, head_channels=32, head_layers=3),
@@ -99,7 +101,7 @@ register_preset(ModelPreset(
              use_quant_conv=False, use_post_quant_conv=False, stride=2, mid_block_add_attention=True),
     transformer=dict(in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                      num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
-                     guidance_embeds=False, axes_dims_rope=(4, 6, 6), rope_theta=100.0),
+                     guidance_embeds=False, axes_dims_rope=(4, 6, 6), rope_theta=OP4KSR_ROPE_THETA),
     prompt=dict(sequence_length=4, joint_attention_dim=16, pooled_projection_dim=16),
     pipeline=dict(sigma=0.5, scale=4, guidance=1.0),
     compensation=dict(guide_channels=8, head_channels=8, head_layers=1),

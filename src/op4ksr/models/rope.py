@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-OP4KSR_ROPE_THETA = 100.0
-FLUX_ROPE_THETA = 10000.0
+from op4ksr.models.constants import FLUX_ROPE_THETA, OP4KSR_ROPE_THETA  # noqa: F401 - re-exported
 
 # Devices without float64 kernels: the tables are built in float32 there (as diffusers does).
 _NO_FLOAT64_DEVICES = frozenset({"mps", "npu", "neuron"})

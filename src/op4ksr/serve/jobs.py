@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from op4ksr.utils.errors import one_line
+
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
 
@@ -88,7 +90,7 @@ def failure_reason(exc: BaseException) -> str:
 
     if isinstance(exc, ImageError):
         return exc.reason
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = one_line(exc)
     if isinstance(exc, memory_plan_error()):
         return f"too large for this device: {text}"
     if isinstance(exc, (ValueError, FileExistsError)):

@@ -47,6 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from op4ksr.io.images import DEFAULT_MAX_PIXELS, ImageError, open_checked
 from op4ksr.serve.jobs import DONE, RUNNING, Job, JobStore, ModelWorker, QueueFull, failure_reason
+from op4ksr.utils.errors import one_line
 
 _STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -239,7 +240,7 @@ class ServeApp:
             message = exc.reason.replace("raise it with --max-pixels", "the server's --max-pixels")
             raise HTTPError(status, f"{name}: {message}") from None
         except ValueError as exc:  # int() of a bad scale, or check_scale
-            raise HTTPError(HTTPStatus.BAD_REQUEST, f"{name}: {str(exc).splitlines()[0]}") from None
+            raise HTTPError(HTTPStatus.BAD_REQUEST, f"{name}: {one_line(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - the planner's MemoryPlanError (its class is optional)
             raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{name}: {failure_reason(exc)}") from None
         job_id = body_path.parent.name

@@ -7,12 +7,13 @@ key (``ConfigError``). Command-line overrides use dotted keys: ``optim.lr=1e-4``
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+from op4ksr.models.constants import OP4KSR_ROPE_THETA, TOKEN_PERIOD, check_sigma
 
 STAGES = ("vae", "prior", "sr")
 
@@ -92,7 +93,7 @@ class LossConfig:
 @dataclass
 class SRConfig:
     sigma: float = 0.0  # 0 = keep the pipeline's σ
-    rope_theta: float = 100.0  # 10000 reproduces the unrescaled baseline (Table 6)
+    rope_theta: float = OP4KSR_ROPE_THETA  # FLUX_ROPE_THETA (10000) reproduces the unrescaled baseline (Table 6)
     lora_rank: int = 64
     lora_alpha: int = 64
     train_vae_encoder: bool = True
@@ -247,13 +248,16 @@ def validate(config: TrainConfig, check_paths: bool = True) -> None:
         raise ConfigError(f"data.scale_range: {config.data.scale_range} must be [low, high] with 0 < low <= high <= 1")
     if config.optim.batch_size <= 0 or config.optim.grad_accum <= 0:
         raise ConfigError("optim.batch_size and optim.grad_accum must be positive")
-    if config.data.crop_size % 32:
-        raise ConfigError(f"data.crop_size: {config.data.crop_size} must be a multiple of 32 (one DiT token)")
+    if config.data.crop_size % TOKEN_PERIOD:
+        raise ConfigError(f"data.crop_size: {config.data.crop_size} must be a multiple of {TOKEN_PERIOD} (one DiT token)")
     if config.loss.periodicity > 0 and config.data.crop_size // 2 <= 40:
         raise ConfigError(f"data.crop_size: {config.data.crop_size} is too small for the periodicity loss "
                           "(its 2×2 blocks must be larger than the largest lag, 40 px): use ≥ 96")
-    if not 0.0 <= config.sr.sigma <= 1.0:
-        raise ConfigError(f"sr.sigma: {config.sr.sigma} must be in [0, 1] (0 = the pipeline's own)")
+    if config.sr.sigma != 0.0:  # 0 = the pipeline's own σ
+        try:
+            check_sigma(config.sr.sigma, what="sr.sigma")
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (or 0 for the pipeline's own)") from None
     if config.stage in ("prior", "sr") and not config.model.init:
         raise ConfigError(f"model.init: the {config.stage} stage needs the previous stage's model directory")
     if not check_paths:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from op4ksr.losses.combined import ImageLosses
+from op4ksr.models.constants import check_sigma
 from op4ksr.models.flow import noisy_latent, velocity_target
 from op4ksr.models.packing import PATCH, pack_latents
 from op4ksr.models.pipeline import OP4KSRPipeline
@@ -225,7 +226,7 @@ class SRStage(Stage):
 
         self.pipe = _load_init(cfg)
         if cfg.sr.sigma > 0:
-            self.pipe.register_to_config(sigma=float(cfg.sr.sigma))
+            self.pipe.register_to_config(sigma=check_sigma(cfg.sr.sigma, what="sr.sigma"))
         self.pipe.transformer.set_rope_theta(cfg.sr.rope_theta)  # RFR (or the θ=10000 baseline)
         self.pipe.vae.eval().requires_grad_(False)  # decoder frozen; only LoRA below trains
         self.pipe.transformer.eval().requires_grad_(False)
@@ -265,11 +266,11 @@ class SRStage(Stage):
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         hr, lr = batch["hr"], batch["lr"]
         sigma = self.pipe.sigma
-        x, _ = self.pipe.upsample_and_pad(lr)
         logs: dict[str, float] = {}
         # Without LoRA (compensation- or decoder-only runs) the latent path needs no graph.
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.adapted)):
-            z_lr = self.pipe.encode(x)  # E_LoRA(LR), taken as z_σ
+            lr_latent = self.pipe.lr_latent(lr)  # the pipeline's own first step
+            z_lr = lr_latent.latent  # E_LoRA(LR), taken as z_σ
             l_vae = None
             if "vae" in self.adapted:
                 with torch.no_grad():
@@ -278,7 +279,7 @@ class SRStage(Stage):
                 l_vae = F.mse_loss(z_lr, noisy_latent(z_hr, noise, sigma))
             z0 = self.pipe.denoise(z_lr)
         # full compensation in training; users turn it down with --fidelity
-        sr = self.pipe.decode(z0, x, fidelity=1.0, clamp=False)[..., : hr.shape[-2], : hr.shape[-1]]
+        sr = self.pipe.decode(z0, lr_latent.upsampled, fidelity=1.0, clamp=False)[..., : hr.shape[-2], : hr.shape[-1]]
         loss, logs = self.losses(sr, hr)
         self._last_fake = sr
         if l_vae is not None:
@@ -288,10 +289,14 @@ class SRStage(Stage):
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``pred``: the shipped path (the pipeline's call, post-steps included); ``raw``: the
+        network alone (the same steps, no colour anchor or notch)."""
         hr, lr = batch["hr"], batch["lr"]
-        x, (h, w) = self.pipe.upsample_and_pad(lr)
-        pred = self.pipe.decode(self.pipe.denoise(self.pipe.encode(x)), x)[..., :h, :w]
-        return {"pred": pred, "target": hr, "bicubic": x[..., :h, :w]}
+        lr_latent = self.pipe.lr_latent(lr)
+        (h, w), x = lr_latent.size, lr_latent.upsampled
+        raw = self.pipe.decode(self.pipe.denoise(lr_latent.latent), x)[..., :h, :w]
+        pred = self.pipe(lr, check_memory=False)
+        return {"pred": pred, "raw": raw, "target": hr, "bicubic": x[..., :h, :w]}
 
     def export(self, directory: Path) -> Path:
         from op4ksr.models.lora import merge_lora, save_lora

@@ -414,6 +414,13 @@ def validate(stage: Stage, dataset, sample_dir: Path, max_images: int) -> dict[s
             values["lpips"] = float(lpips(pred, target))
         if grid_score is not None:
             values["grid_score"] = float(grid_score(pred[0]))
+        if "raw" in out:  # the SR stage: the network alone beside the shipped path (post-steps on)
+            raw = out["raw"].float().clamp(0, 1).cpu()
+            values["raw_psnr_y"] = float(psnr_y(raw, target))
+            if lpips is not None:
+                values["raw_lpips"] = float(lpips(raw, target))
+            if grid_score is not None:
+                values["raw_grid_score"] = float(grid_score(raw[0]))
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1

@@ -42,8 +42,9 @@ def decoder_ceiling(pipe, hr: torch.Tensor, lr_image: torch.Tensor, steps: int =
     from the SR latent of ``lr_image`` (see module doc)."""
     h, w = hr.shape[-2:]
     with torch.no_grad():
-        up, _ = pipe.upsample_and_pad(lr_image.to(pipe.device, pipe.dtype))
-        z = pipe.vae.denormalize(pipe.denoise(pipe.encode(up)))
+        lr_latent = pipe.lr_latent(lr_image.to(pipe.device, pipe.dtype))
+        up = lr_latent.upsampled
+        z = pipe.vae.denormalize(pipe.denoise(lr_latent.latent))
     x = F.pad(hr.to(z.device, z.dtype), (0, up.shape[-1] - w, 0, up.shape[-2] - h), mode="replicate")
     z = z.detach().requires_grad_(True)
     optim = torch.optim.Adam([z], lr=lr)

@@ -33,9 +33,10 @@ from op4ksr.eval.diagnostics.spectrum import (
     prominence_db,
     to_luma,
 )
+from op4ksr.models.constants import TOKEN_PERIOD
 
 SCHEMA_VERSION = 1
-DEFAULT_PERIOD = 32  # 16× VAE × 2×2 packing
+DEFAULT_PERIOD = TOKEN_PERIOD  # 16× VAE × 2×2 packing
 DEFAULT_THRESHOLD_DB = 5.0  # calibrated on 50 real photos: docs/INSPECTOR.md
 AXES = ("horizontal", "vertical")
 

@@ -41,8 +41,7 @@ def pca_rgb(latents: list[torch.Tensor]) -> tuple[list[np.ndarray], list[float]]
 @torch.inference_mode()
 def latent_views(pipe, image01: torch.Tensor) -> LatentViews:
     """Run the pipeline's encode and DiT stages on one LR image [1, 3, h, w] in [0, 1]."""
-    x, _ = pipe.upsample_and_pad(image01.to(pipe.device, pipe.dtype))
-    z_sigma = pipe.encode(x)
+    z_sigma = pipe.lr_latent(image01.to(pipe.device, pipe.dtype)).latent
     z0 = pipe.denoise(z_sigma)
     (before, after), explained = pca_rgb([z_sigma[0], z0[0]])
     return LatentViews(before=before, after=after, explained_variance=explained)

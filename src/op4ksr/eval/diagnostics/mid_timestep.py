@@ -40,8 +40,7 @@ def search_mid_timestep(pipe, hr: torch.Tensor, lr: torch.Tensor, *, grid: int =
     """``hr`` [B,3,H,W] and its ``lr`` [B,3,H/s,W/s] in [0,1] → the SNR-matched σ."""
     device, dtype = pipe.device, pipe.dtype
     z_hr = pipe.encode(hr.to(device, dtype)).float()
-    x_lr, _ = pipe.upsample_and_pad(lr.to(device, dtype))
-    z_lr = pipe.encode(x_lr).float()[..., : z_hr.shape[-2], : z_hr.shape[-1]]
+    z_lr = pipe.lr_latent(lr.to(device, dtype)).latent.float()[..., : z_hr.shape[-2], : z_hr.shape[-1]]
     dims = tuple(range(1, z_hr.ndim))
     hr_power = (z_hr**2).mean(dim=dims).cpu().numpy().astype(np.float64)
     err_power = ((z_lr - z_hr) ** 2).mean(dim=dims).clamp_min(1e-12).cpu().numpy().astype(np.float64)

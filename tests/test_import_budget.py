@@ -21,7 +21,9 @@ NOT_ON_THE_UPSCALE_PATH = (
     "op4ksr.serve",
 )
 # `--help` must not even load the numerical stack.
-NOT_FOR_HELP = ("torch", "numpy", "PIL", "rich.markdown", "op4ksr.models", "op4ksr.io.images")
+# (op4ksr.models.constants is fine: it is plain numbers.)
+NOT_FOR_HELP = ("torch", "numpy", "PIL", "rich.markdown", "op4ksr.models.loading", "op4ksr.models.pipeline",
+                "op4ksr.io.images")
 
 _RUN = """
 import json, sys

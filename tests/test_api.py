@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from doubles import InterpolationPipeline
 from PIL import Image
 
 import op4ksr
 import op4ksr.api
 from op4ksr.api import Upscaler
-from op4ksr.io.testing import InterpolationPipeline
 
 
 def test_upscale_accepts_pil_numpy_and_path(tmp_path: Path) -> None:

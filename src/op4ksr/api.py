@@ -18,10 +18,12 @@ from op4ksr.io.images import (
     DEFAULT_MAX_PIXELS,
     ImageData,
     ImageError,
+    from_tensor,
     load_image,
     open_checked,
     save_image,
     to_pil,
+    to_tensor,
 )
 from op4ksr.utils.errors import ModelLoadError, one_line
 
@@ -126,7 +128,7 @@ class Upscaler:
         self.check_fits(data.width, data.height)
         notes = list(data.notes)
         out_hw = (data.height * scale, data.width * scale)
-        rgb = torch.from_numpy(np.ascontiguousarray(data.pixels)).permute(2, 0, 1)[None].float()
+        rgb = to_tensor(data.pixels)
         if rgb.shape[1] == 1:
             rgb = rgb.expand(-1, 3, -1, -1)
         alpha = None if data.alpha is None else torch.from_numpy(np.ascontiguousarray(data.alpha))[None, None].float()
@@ -137,14 +139,13 @@ class Upscaler:
         out = self._run_model(rgb, tiled, notes, self.fidelity if fidelity is None else fidelity).float().cpu()
         if scale != self.native_scale:
             out = F.interpolate(out, size=out_hw, mode="bicubic", align_corners=False, antialias=True)
-        out = out.clamp(0.0, 1.0)
         alpha_np = None
         if alpha is not None:
+            out = out.clamp(0.0, 1.0)
             up_alpha = F.interpolate(alpha, size=out_hw, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
             out = torch.where(up_alpha > _ALPHA_EPS, out / up_alpha.clamp_min(_ALPHA_EPS), torch.zeros_like(out))
-            out = out.clamp(0.0, 1.0)
             alpha_np = up_alpha[0, 0].numpy()
-        pixels = out[0].permute(1, 2, 0).numpy()
+        pixels = from_tensor(out)  # clamped to [0, 1]
         if data.pixels.shape[-1] == 1:
             pixels = pixels.mean(axis=-1, keepdims=True)  # grey in → grey out
         result = data.with_pixels(np.ascontiguousarray(pixels, dtype=np.float32), alpha_np)

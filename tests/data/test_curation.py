@@ -77,7 +77,8 @@ def test_curate_ranks_rejects_and_resumes(mixed_folder: Path, tmp_path: Path) ->
         assert rows[bad]["status"] == "rejected" and rows[bad]["stage"] == 1
     assert "Laplacian" in rows["flat.png"]["reason"]
     assert rows["truncated.jpg"]["status"] == "rejected" and "truncated" in rows["truncated.jpg"]["reason"]
-    assert rows["notes.png"]["status"] == "rejected" and "not a recognised image" in rows["notes.png"]["reason"]
+    # io's reason (one reader, one error type: the same words as `op4ksr upscale` reports)
+    assert rows["notes.png"]["status"] == "rejected" and "not an image (format not recognised)" in rows["notes.png"]["reason"]
     for r in first.rows:
         if r["stage"] != 0:
             assert set(r["scores"]) >= {"laplacian_var", "sobel_energy", "glcm_contrast", "glcm_correlation",

@@ -15,22 +15,24 @@ from safetensors.torch import save_file
 from op4ksr.assets import AssetFetchError, get_asset
 from op4ksr.eval.peers import create_method
 from op4ksr.eval.peers.realesrgan import (
+    RRDBNet,
+    RRDBNetConfig,
+    count_parameters,
+    estimate_peak_bytes,
+    load_rrdbnet,
+    rrdbnet_leaky_convs,
+    rrdbnet_parameter_count,
+    tile_for_budget,
+    upscale_rrdbnet,
+)
+from op4ksr.eval.peers.realesrgan_ncnn import (
     NCNN_FP16_TAG,
     WHEEL_BIN,
     WHEEL_PARAM,
     NcnnFormatError,
-    RRDBNet,
-    RRDBNetConfig,
     convert_ncnn_wheel,
-    count_parameters,
-    estimate_peak_bytes,
-    load_rrdbnet,
     parse_ncnn_param,
-    rrdbnet_leaky_convs,
-    rrdbnet_parameter_count,
     rrdbnet_state_dict_from_ncnn,
-    tile_for_budget,
-    upscale_rrdbnet,
 )
 
 TINY = RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4)

@@ -16,11 +16,8 @@ import torch
 from PIL import Image
 from skimage.data import astronaut
 
-from op4ksr.eval.peers.realesrgan import (
-    RRDBNet,
-    rrdbnet_state_dict_from_ncnn,
-    upscale_rrdbnet,
-)
+from op4ksr.eval.peers.realesrgan import RRDBNet, upscale_rrdbnet
+from op4ksr.eval.peers.realesrgan_ncnn import rrdbnet_state_dict_from_ncnn
 
 # One grey level is what fp16 weights + ncnn's own rounding can cost; measured on this crop:
 # max |Δ| = 1, mean |Δ| ≈ 1e-4 grey levels (whole image and 32 px tiles alike).

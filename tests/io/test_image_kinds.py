@@ -10,11 +10,11 @@ import numpy as np
 import png
 import pytest
 import tifffile
+from doubles import InterpolationPipeline, write_bad_files
 from PIL import Image, ImageCms, ImageOps, features
 
 from op4ksr.api import Upscaler
 from op4ksr.io.images import ImageError, apply_orientation, load_image, save_image
-from op4ksr.io.testing import InterpolationPipeline, write_bad_files
 
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 

@@ -1,4 +1,5 @@
-"""LPIPS / DISTS training losses: frozen, differentiable, offline assets, clear error when missing."""
+"""LPIPS / DISTS training losses and their networks (op4ksr.nets.perceptual): frozen,
+differentiable, offline assets, clear error when missing."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from op4ksr import assets
 from op4ksr.losses import perceptual
+from op4ksr.nets import perceptual as nets
 
 
 def test_missing_asset_names_the_command(tmp_path, monkeypatch):
@@ -18,15 +20,15 @@ def test_missing_asset_names_the_command(tmp_path, monkeypatch):
 
 
 def test_vgg_taps_shapes_without_weights():
-    taps = perceptual.VGG16Features("max")(torch.zeros(1, 3, 64, 48))
+    taps = nets.VGG16Features("max")(torch.zeros(1, 3, 64, 48))
     assert [tuple(t.shape[1:]) for t in taps] == [(64, 64, 48), (128, 32, 24), (256, 16, 12), (512, 8, 6), (512, 4, 3)]
-    alex = perceptual.AlexNetFeatures()(torch.zeros(1, 3, 64, 64))
+    alex = nets.AlexNetFeatures()(torch.zeros(1, 3, 64, 64))
     # 64 -> conv11/4 (pad 2): 15 -> pool 3/2: 7 -> pool: 3
     assert [tuple(t.shape[1:]) for t in alex] == [(64, 15, 15), (192, 7, 7), (384, 3, 3), (256, 3, 3), (256, 3, 3)]
 
 
 def test_l2pool_of_constant_is_constant_inside():
-    pool = perceptual.L2Pool(2)
+    pool = nets.L2Pool(2)
     out = pool(torch.full((1, 2, 8, 8), 3.0))
     assert out.shape == (1, 2, 4, 4)
     # Hann [0.5,1,0.5]^2/4 sums to 1: sqrt(sum w·9) = 3 away from the zero padding.
@@ -68,6 +70,6 @@ def test_lpips_loss_gradient_descent_reduces_it(with_assets):
 def test_user_weights_path_wins(with_assets, tmp_path, monkeypatch):
     src = assets.asset_path("vgg16")
     monkeypatch.setenv("OP4KSR_CACHE", str(tmp_path / "empty"))
-    net = perceptual.LPIPSNet("vgg16", weights=src)
+    net = nets.LPIPSNet("vgg16", weights=src)
     x = torch.rand(1, 3, 32, 32)
     assert net(x, x).item() == pytest.approx(0.0, abs=1e-6)

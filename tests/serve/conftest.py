@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from doubles import InterpolationPipeline
 from PIL import Image
 
 from op4ksr.api import Upscaler
-from op4ksr.io.testing import InterpolationPipeline
 from op4ksr.serve import OP4KSRServer, ServeConfig, make_server
 
 

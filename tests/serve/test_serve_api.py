@@ -279,11 +279,11 @@ def test_clean_name():
 
 
 def test_port_in_use_is_one_line(monkeypatch):
+    from doubles import InterpolationPipeline
     from typer.testing import CliRunner
 
     import op4ksr.api
     from op4ksr.cli import app
-    from op4ksr.io.testing import InterpolationPipeline
 
     monkeypatch.setattr(op4ksr.api, "load_model", lambda model=None, **kw: InterpolationPipeline())
     with socket.socket() as busy:
@@ -351,8 +351,9 @@ def test_cli_serves_and_cleans_up_on_sigterm(tiny_model_dir, tmp_path, png_bytes
 
 
 def test_scale_beyond_the_model_is_refused_at_start():
+    from doubles import InterpolationPipeline
+
     from op4ksr.api import Upscaler
-    from op4ksr.io.testing import InterpolationPipeline
     from op4ksr.serve import ServeConfig, make_server
 
     with pytest.raises(ValueError, match="scale must be an integer from 2 to the model's native ×2, got 4"):

@@ -69,18 +69,16 @@ def _add_rope(analyze: typer.Typer) -> None:
 
 def _load_rgb(path: Path):
     """An image file → [1, 3, H, W] float tensor in [0, 1] (grey expanded, alpha dropped)."""
-    import torch
-
-    from op4ksr.io.images import ImageError, load_image
+    from op4ksr.io.images import ImageError, load_image, to_tensor
 
     try:
         data = load_image(path)
     except (ImageError, OSError) as exc:
         fail(f"{path}: {exc}")
-    pixels = torch.from_numpy(data.pixels).permute(2, 0, 1)
-    if pixels.shape[0] == 1:
-        pixels = pixels.expand(3, -1, -1)
-    return pixels.unsqueeze(0).contiguous()
+    pixels = to_tensor(data.pixels)
+    if pixels.shape[1] == 1:
+        pixels = pixels.expand(-1, 3, -1, -1)
+    return pixels.contiguous()
 
 
 def _load_model(model: str):

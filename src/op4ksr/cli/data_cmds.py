@@ -55,12 +55,12 @@ def degrade(
     import hashlib
 
     import numpy as np
-    import torch
     from PIL import Image
 
     from op4ksr.data.bench_suites import derive_seed, png_bytes
     from op4ksr.data.degradations import DegradationPipeline
-    from op4ksr.data.imageio import UnreadableImage, find_images, read_rgb
+    from op4ksr.data.imageio import find_images, read_rgb
+    from op4ksr.io.images import ImageError, from_tensor, to_tensor
     from op4ksr.utils.atomic import atomic_write_bytes, atomic_write_text
 
     try:
@@ -74,15 +74,14 @@ def degrade(
         for path in paths:
             target = out / f"{path.stem}.png"
             try:
-                img = read_rgb(path)
-                tensor = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None].float() / 255
+                tensor = to_tensor(np.asarray(read_rgb(path), dtype=np.uint8))
                 # The seed mixes in the content hash so each image gets its own draw but the
                 # result does not depend on which other files were listed.
                 lr, record = pipe.degrade_one(tensor, derive_seed(seed, hashlib.sha256(path.read_bytes()).hexdigest()))
-                arr = (lr[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+                arr = from_tensor(lr, np.uint8)
                 atomic_write_bytes(target, png_bytes(Image.fromarray(arr, "RGB")), overwrite=overwrite)
                 records.append({"source": str(path), "lr": target.name, **record.to_dict()})
-            except (UnreadableImage, ValueError, FileExistsError) as exc:
+            except (ImageError, ValueError, FileExistsError) as exc:
                 progress.console.print(f"[red]{path}: {exc}[/red]")
                 failed += 1
             progress.advance(task)

@@ -35,7 +35,7 @@ def _err(message: str) -> None:
 def _fail_fast(message: str, as_json: bool, code: int = 2, problems: list[str] | None = None) -> NoReturn:
     """Print one line per problem (and, with --json, a document holding ``error``); exit before any work."""
     if as_json:
-        from op4ksr.io.batch import REPORT_SCHEMA
+        from op4ksr.batch.run import REPORT_SCHEMA
 
         document = {"schema": REPORT_SCHEMA, "error": message, "problems": problems or [message]}
         typer.echo(json.dumps(document, ensure_ascii=False))
@@ -106,7 +106,7 @@ def upscale(
     ] = None,
 ) -> None:
     """Upscale images (files, folders, globs); never overwrites unless --overwrite."""
-    from op4ksr.io.batch import BatchOptions, PlanError, plan_batch
+    from op4ksr.batch.plan import BatchOptions, PlanError, plan_batch
 
     if overwrite and skip_existing:
         _fail_fast("--overwrite and --skip-existing cannot be used together", as_json)
@@ -139,7 +139,7 @@ def upscale(
         "format": options.fmt,
         "output_dir": str(out),
     }
-    from op4ksr.io.batch import interrupted_report
+    from op4ksr.batch.run import interrupted_report
 
     with _sigterm_as_interrupt():
         try:
@@ -172,7 +172,7 @@ def _sigterm_as_interrupt():
 
 def _run_local(plan: Any, options: Any, model: str | None, device: str, dtype: str | None,
                as_json: bool, meta: dict[str, Any]) -> Any:
-    from op4ksr.io.batch import process_item, run_batch
+    from op4ksr.batch.run import process_item, run_batch
 
     upscaler = _load_upscaler(options, model, device, dtype, as_json) if plan.items else None
     if upscaler is not None:
@@ -206,7 +206,7 @@ def _load_upscaler(options: Any, model: str | None, device: str, dtype: str | No
 
 def _run_ray(plan: Any, options: Any, model: str | None, device: str, dtype: str | None, address: str,
              actors: int | None, as_json: bool, meta: dict[str, Any]) -> Any:
-    from op4ksr.io.cluster import ClusterError, run_batch_ray
+    from op4ksr.batch.cluster import ClusterError, run_batch_ray
 
     meta["ray"] = address
     for result in plan.preflight:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from op4ksr.data.imageio import UnreadableImage, decode_rgb, find_images
+from op4ksr.data.imageio import decode_rgb, find_images
+from op4ksr.io.images import ImageError, from_tensor, to_tensor
 from op4ksr.utils.atomic import atomic_write_bytes, atomic_write_text
 
 SUITES = ("syn", "mild", "realsquare", "realvary")
@@ -147,7 +148,7 @@ def build_suite(
         source_sha = hashlib.sha256(data).hexdigest()
         try:
             img = decode_rgb(data, str(path))
-        except UnreadableImage as exc:
+        except ImageError as exc:
             skipped.append({"source": str(path), "reason": f"unreadable image: {exc}"})
             continue
         entry: dict[str, Any] = {"name": name, "source": str(path), "source_sha256": source_sha}
@@ -181,11 +182,8 @@ def build_suite(
 
 
 def _degrade(pipe: Any, hr: Image.Image, seed: int) -> tuple[Image.Image, dict[str, Any]]:
-    import torch
-
-    tensor = torch.from_numpy(np.asarray(hr, dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
-    lr, record = pipe.degrade_one(tensor, seed)
-    arr = (lr[0].permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+    lr, record = pipe.degrade_one(to_tensor(np.asarray(hr, dtype=np.uint8)), seed)
+    arr = from_tensor(lr, np.uint8)
     rec = record.to_dict()
     # The quantisation tables are reproducible from the quality; keep the manifest readable.
     for part in (rec["stage1"], rec["final"]):

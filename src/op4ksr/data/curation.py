@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from op4ksr.data.aesthetic import ScorerSpec, build_scorer
-from op4ksr.data.imageio import IMAGE_EXTENSIONS, UnreadableImage, decode_rgb, find_images, read_rgb, to_float_array
+from op4ksr.data.imageio import decode_rgb, find_images, read_rgb, to_float_array
 from op4ksr.data.quality import (
     blur_estimate,
     downscale_max_side,
@@ -41,6 +41,7 @@ from op4ksr.data.quality import (
     to_gray255,
 )
 from op4ksr.data.vlm import VLMConfig, assess_many
+from op4ksr.io.images import PHOTO_SUFFIXES, ImageError
 from op4ksr.utils.atomic import atomic_write_text
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
@@ -65,7 +66,7 @@ class CurationConfig:
     min_scores: tuple[tuple[str, float], ...] = ()  # e.g. (("aesthetic", 5.0),)
     # Stage (iii); None skips it.
     vlm: VLMConfig | None = None
-    extensions: frozenset[str] = IMAGE_EXTENSIONS
+    extensions: frozenset[str] = PHOTO_SUFFIXES
 
     def __post_init__(self) -> None:
         if not 0 < self.keep_fraction <= 1:
@@ -103,7 +104,7 @@ def score_file(path: str, config: CurationConfig) -> dict[str, Any]:
     row["sha256"] = hashlib.sha256(data).hexdigest()
     try:
         img = decode_rgb(data, str(p))
-    except UnreadableImage as exc:
+    except ImageError as exc:
         return {**row, "error": f"unreadable image: {exc}"}
     row["width"], row["height"] = img.size
     rgb = to_float_array(img)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from op4ksr.data.degradations import DegradationPipeline
-from op4ksr.data.imageio import find_images, read_rgb
+from op4ksr.data.imageio import MAX_PIXELS, find_images, read_rgb
+from op4ksr.io.images import ImageError, open_checked
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,9 @@ class PairedImageDataset(Dataset):
         self.skipped: list[tuple[Path, str]] = []
         for path in image_sources(sources):
             try:
-                with Image.open(path) as img:  # header only: cheap
+                with open_checked(path, MAX_PIXELS) as img:  # header only: cheap
                     w, h = img.size
-            except (OSError, SyntaxError) as exc:
+            except ImageError as exc:
                 self.skipped.append((path, f"unreadable: {exc}"))
                 continue
             if min(w, h) < self.config.crop_size:

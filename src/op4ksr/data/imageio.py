@@ -1,26 +1,28 @@
-"""Decoding for the data tools: bytes in, RGB out, with a one-line reason on failure.
+"""The data tools' reader (curation, benchmark suites, datasets, tiles, ``op4ksr degrade``):
+image files → 8-bit RGB, built on :mod:`op4ksr.io.images`.
 
-Curation must turn any unreadable file into a rejected row, never a crash, so decoding errors
-are normalised into :class:`UnreadableImage` with a short human reason.
+Opening and validation are io's (:func:`~op4ksr.io.images.open_checked`), and so is the error:
+an unreadable file raises :class:`~op4ksr.io.images.ImageError` with a one-line reason, which
+curation turns into a rejected row, never a crash. What differs from ``load_image`` is the
+result: pixels only, 8 bits, RGB, transparency composited on white — what the quality scores,
+crops and degradations work on.
 """
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
+from op4ksr.io.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, PHOTO_SUFFIXES, ImageError, open_checked
+
+# Twice Pillow's warning threshold: where Pillow itself refuses, the data tools' limit since the start.
+MAX_PIXELS = 2 * DEFAULT_MAX_PIXELS
 
 
-class UnreadableImage(ValueError):
-    """The file is not an image Pillow can fully decode; ``str(exc)`` is the reason."""
-
-
-def find_images(sources: list[str | Path], extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
+def find_images(sources: list[str | Path], extensions: frozenset[str] = PHOTO_SUFFIXES) -> list[Path]:
     """Files given directly, plus image files found recursively under folders; sorted, unique, absolute."""
     found: set[Path] = set()
     for src in sources:
@@ -35,14 +37,23 @@ def find_images(sources: list[str | Path], extensions: frozenset[str] = IMAGE_EX
 
 
 def decode_rgb(data: bytes, name: str = "<bytes>") -> Image.Image:
-    """Fully decode ``data`` to an 8-bit RGB image with EXIF orientation applied."""
-    try:
-        with warnings.catch_warnings():
-            # A decompression-bomb warning must not spam a million-file run; the error stays.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()  # truncated files fail here, not later
-                img = ImageOps.exif_transpose(img)
+    """Fully decode a file's bytes to an 8-bit RGB image with EXIF orientation applied."""
+    return _rgb8(open_checked(data, MAX_PIXELS, name=name))
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """Fully decode the file at ``path`` to an 8-bit RGB image with EXIF orientation applied."""
+    return _rgb8(open_checked(path, MAX_PIXELS))
+
+
+def _rgb8(image: Image.Image) -> Image.Image:
+    with image:
+        try:
+            with warnings.catch_warnings():
+                # A decompression-bomb warning must not spam a million-file run; the limit is checked.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image.load()  # truncated files fail here, not later
+                img = ImageOps.exif_transpose(image)
                 if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                     arr = np.asarray(img, dtype=np.float64)
                     scale = 65535.0 if arr.max() > 255 else 255.0
@@ -53,21 +64,10 @@ def decode_rgb(data: bytes, name: str = "<bytes>") -> Image.Image:
                     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                     img = Image.alpha_composite(background, rgba)
                 return img.convert("RGB")
-    except Image.UnidentifiedImageError:
-        # Pillow's message names the in-memory buffer's address: keep the reason reproducible.
-        raise UnreadableImage("not a recognised image format") from None
-    except Image.DecompressionBombError as exc:
-        raise UnreadableImage(f"too many pixels ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        # Pillow signals corrupt data with OSError ("image file is truncated"), SyntaxError
-        # (broken PNG chunks) or ValueError; UnidentifiedImageError is an OSError.
-        reason = str(exc).replace(str(name), "").strip() or type(exc).__name__
-        raise UnreadableImage(reason) from None
-
-
-def read_rgb(path: str | Path) -> Image.Image:
-    path = Path(path)
-    return decode_rgb(path.read_bytes(), str(path))
+        except Image.DecompressionBombError as exc:  # a plug-in checking frame sizes while decoding
+            raise ImageError(f"too many pixels ({exc})") from None
+        except DECODE_ERRORS as exc:
+            raise ImageError(f"truncated or corrupt image data ({exc})") from None
 
 
 def to_float_array(img: Image.Image) -> np.ndarray:

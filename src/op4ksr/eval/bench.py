@@ -421,7 +421,7 @@ def build_metrics(names: Sequence[str], *, scale: int, patch: PatchConfig,
 
 def load_tensor(path: Path) -> torch.Tensor:
     """An image file as [1,3,H,W] float32 in [0,1] (grey repeated to RGB)."""
-    from op4ksr.io.images import ImageError, load_image
+    from op4ksr.io.images import ImageError, load_image, to_tensor
 
     try:
         pixels = load_image(path).pixels  # [H,W,C] float32 in [0,1]
@@ -429,13 +429,14 @@ def load_tensor(path: Path) -> torch.Tensor:
         raise ValueError(f"{path}: {exc.reason}") from None
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None]
+    return to_tensor(pixels).contiguous()
 
 
 def tensor_to_uint8(image: torch.Tensor) -> np.ndarray:
     """[1,3,H,W] in [0,1] → uint8 [H,W,3] (round half up, as the metrics' 8-bit quantisation)."""
-    array = image[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-    return np.floor(array * 255.0 + 0.5).astype(np.uint8)
+    from op4ksr.io.images import from_tensor
+
+    return np.floor(from_tensor(image) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _save_png(image: torch.Tensor, path: Path, overwrite: bool) -> None:

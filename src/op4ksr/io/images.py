@@ -35,6 +35,7 @@ import numpy as np
 from op4ksr.utils.atomic import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from PIL import Image
 
 from op4ksr.io.limits import DEFAULT_MAX_PIXELS  # noqa: E402 - re-exported; defined without numpy
@@ -42,6 +43,11 @@ from op4ksr.io.limits import DEFAULT_MAX_PIXELS  # noqa: E402 - re-exported; def
 OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
 FORMAT_SUFFIX: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 _FORMAT_ALIASES = {"jpeg": "jpg", "tif": "tiff"}
+# Formats Pillow may lack a registered extension for, but which we can read when a plugin is present.
+_EXTRA_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl"})
+# The photo formats the data tools collect from folders (curation, benchmark suites, training
+# sets): a corpus's GIFs, icons and documents stay out. A file named explicitly is always tried.
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
 
 # zlib level 3 instead of Pillow's 6: a 4096² photo encodes several times faster for a ~15 %
 # larger file; at 4K the PNG encoder would otherwise take about as long as the model on a GPU.
@@ -51,7 +57,7 @@ _EXIF_ORIENTATION = 0x0112
 _ICC_TAG = 34675  # TIFF InterColorProfile
 _pil_limit_lock = threading.Lock()
 # What Pillow raises for damaged pixel data (truncated files, bad zlib streams, short reads).
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 
 
 class ImageError(ValueError):
@@ -99,12 +105,55 @@ class ImageData:
         return replace(self, pixels=pixels, alpha=alpha, notes=list(self.notes))
 
 
+def image_suffixes() -> frozenset[str]:
+    """File extensions treated as images when scanning folders and globs (``op4ksr upscale``)."""
+    from PIL import Image
+
+    return frozenset(Image.registered_extensions()) | _EXTRA_IMAGE_SUFFIXES
+
+
 def normalise_format(fmt: str) -> str:
     key = fmt.lower().lstrip(".")
     key = _FORMAT_ALIASES.get(key, key)
     if key not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     return key
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """An image array [H, W, C] or [H, W] → a [1, C, H, W] float32 tensor (the model's layout).
+
+    uint8 is divided by 255 and uint16 by 65535; floats are cast to float32 as they are (not
+    clamped). A C-contiguous float32 array is not copied: the tensor is a view of its memory
+    (channels-last strides; ``.contiguous()`` for a packed [1, C, H, W] copy).
+    """
+    import torch
+
+    values = np.asarray(array)
+    if values.ndim == 2:
+        values = values[..., None]
+    top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(values.dtype)
+    if top is not None:
+        values = values.astype(np.float32) / top
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).permute(2, 0, 1)[None]
+
+
+def from_tensor(tensor: torch.Tensor, dtype: type[np.generic] = np.float32) -> np.ndarray:
+    """A [1, C, H, W] (or [C, H, W]) tensor → an [H, W, C] array on the CPU, clamped to [0, 1].
+
+    ``dtype`` float32 keeps the values; uint8 and uint16 quantise them as :func:`save_image`
+    does (round half to even).
+    """
+    image = tensor[0] if tensor.ndim == 4 else tensor
+    values = image.detach().float().clamp(0.0, 1.0).permute(1, 2, 0).cpu().numpy()
+    if dtype == np.float32:
+        return values
+    if dtype in (np.uint8, np.uint16):
+        return _quantise(values, 16 if dtype == np.uint16 else 8)
+    raise ValueError(f"from_tensor gives float32, uint8 or uint16, not {np.dtype(dtype)}")
 
 
 # ----------------------------------------------------------------------------- orientation
@@ -160,42 +209,54 @@ def _register_optional_openers() -> None:
         pillow_heif.register_heif_opener()
 
 
-def _png_header_size(path: Path) -> tuple[int, int] | None:
+def _png_header_size(source: Path | bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG's IHDR, read directly: Pillow rejects 0-sized PNGs as unknown."""
-    with open(path, "rb") as fh:
-        head = fh.read(24)
+    if isinstance(source, bytes):
+        head = source[:24]
+    else:
+        with open(source, "rb") as fh:
+            head = fh.read(24)
     if len(head) < 24 or not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR":
         return None
     width, height = struct.unpack(">II", head[16:24])
     return int(width), int(height)
 
 
-def open_checked(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open ``path`` lazily (header only) and check it before any pixel is decoded.
+def open_checked(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                 name: str = "") -> Image.Image:
+    """Open ``source`` lazily (header only) and check it before any pixel is decoded.
 
-    Raises :class:`ImageError` for an empty file, an unrecognised format, a zero-sized image or
-    one over ``max_pixels``.
+    ``source`` is a path or a whole file's bytes (``name``: that file's name, for the hints that
+    depend on its extension). Raises :class:`ImageError` for a missing or empty file, an
+    unrecognised format, a zero-sized image or one over ``max_pixels``.
     """
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
+    opened: Path | io.BytesIO
+    if isinstance(source, bytes):
+        if not source:
             raise ImageError("empty file (0 bytes)")
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    if path.is_dir():
-        raise ImageError("is a folder, not an image (use --recursive to go into folders)")
+        opened, suffix = io.BytesIO(source), Path(name).suffix.lower()
+    else:
+        source = Path(source)
+        try:
+            if source.stat().st_size == 0:
+                raise ImageError("empty file (0 bytes)")
+        except FileNotFoundError:
+            raise ImageError("no such file") from None
+        if source.is_dir():
+            raise ImageError("is a folder, not an image (use --recursive to go into folders)")
+        opened, suffix = source, source.suffix.lower()
     _register_optional_openers()
     try:
         # Size is read from the header; Pillow's bomb check is relaxed so ours decides.
         with _pillow_pixel_limit(None):
-            image = Image.open(path)
+            image = Image.open(opened)
     except UnidentifiedImageError:
-        header_size = _png_header_size(path)
+        header_size = _png_header_size(source)
         if header_size is not None and 0 in header_size:
             raise ImageError(f"zero-sized image ({header_size[0]}×{header_size[1]})") from None
-        if path.suffix.lower() in {".heic", ".heif"}:
+        if suffix in {".heic", ".heif"}:
             raise ImageError("HEIC/HEIF needs the pillow-heif package (pip install pillow-heif)") from None
         raise ImageError("not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -367,7 +428,7 @@ def _load_pil(image: Image.Image, path: Path | None) -> ImageData:
     else:
         try:
             image.load()
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise ImageError(f"truncated or corrupt image data ({exc})") from None
         data = _pil_to_data(image, notes, icc)
     pixels = np.ascontiguousarray(apply_orientation(data.pixels, orientation))

@@ -6,10 +6,15 @@ PatchGAN trained from scratch plays that role. Off by default on CPU (it doubles
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from op4ksr.losses.base import Loss, register_loss
 
 
 class PatchDiscriminator(nn.Module):
@@ -35,3 +40,22 @@ def discriminator_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tenso
 
 def generator_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
+
+
+@register_loss("adversarial")
+class AdversarialLoss(Loss):
+    """L_ADV for the generator: the hinge term on the discriminator's logits of the fakes.
+
+    With weight > 0 the stage owns a :class:`PatchDiscriminator` (``Stage.discriminator``); the
+    trainer adds this term and steps the discriminator from step ``adversarial_start`` on.
+    """
+
+    kind = "adversarial"
+    options: ClassVar[Mapping[str, Any]] = {"start": 0}
+
+    def __init__(self, start: int = 0) -> None:
+        super().__init__()
+        self.start = int(start)
+
+    def forward(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return generator_hinge_loss(fake_logits)

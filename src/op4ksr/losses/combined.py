@@ -1,53 +1,62 @@
-"""The image-space loss terms every training stage shares, weighted by the config.
+"""The weighted sum of a stage's registered losses of one kind (see :mod:`op4ksr.losses.base`).
 
-MSE, L1, LPIPS, Haar wavelet, the periodicity loss L_AP and the token-grid loss, each switched off by a zero weight
-(its backbone is then never built). Returns the weighted sum and the unweighted terms for logs.
+``ImageLosses`` holds the image-space terms every training stage shares (MSE, L1, LPIPS, DISTS,
+Haar wavelet, the periodicity loss L_AP, the token-grid loss, and any loss registered later),
+each switched off by a zero weight (its backbone is then never built). It returns the weighted
+sum and the unweighted terms for logs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from op4ksr.losses.registry import build_losses, split_table
 
-class ImageLosses(nn.Module):
-    def __init__(self, *, mse: float = 1.0, l1: float = 0.0, lpips: float = 0.0, lpips_net: str = "vgg16",
-                 wavelet: float = 0.0, periodicity: float = 0.0, token_grid: float = 0.0,
-                 token_grid_window: int = 0):
+
+class WeightedLosses(nn.Module):
+    """The losses of ``kind`` with weight > 0, as children named by their loss name."""
+
+    def __init__(self, weights: Mapping[str, float], options: Mapping[str, Mapping[str, Any]] | None = None, *,
+                 kind: str) -> None:
         super().__init__()
-        self.weights = {"mse": mse, "l1": l1, "lpips": lpips, "wavelet": wavelet, "periodicity": periodicity,
-                        "token_grid": token_grid}
-        self.lpips = None
-        if lpips > 0:
-            from op4ksr.losses.perceptual import LPIPSLoss
+        built = build_losses(weights, options, kind=kind)
+        self.kind = kind
+        self.weights = {name: float(weights[name]) for name in built}  # summation order
+        for name, module in built.items():
+            self.add_module(name, module)
 
-            self.lpips = LPIPSLoss(net=lpips_net)
-        self.token_grid_window = token_grid_window
-        self.periodicity = None
-        if periodicity > 0:
-            from op4ksr.losses.periodicity import PeriodicityLoss
+    def __len__(self) -> int:
+        return len(self.weights)
 
-            self.periodicity = PeriodicityLoss()
+    def terms(self, *inputs: Any) -> dict[str, torch.Tensor]:
+        """Each built loss on ``inputs``, unweighted, in summation order."""
+        return {name: self._modules[name](*inputs) for name in self.weights}
+
+    def add_terms(self, loss: torch.Tensor, logs: dict[str, float], terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``loss`` plus each weighted term, one after the other; the unweighted values go to ``logs``."""
+        for name, value in terms.items():
+            logs[name] = float(value.detach())
+            loss = loss + self.weights[name] * value
+        return loss
+
+
+class ImageLosses(WeightedLosses):
+    """The image terms. ``ImageLosses(weights, options)`` or the flat ``[loss]`` form
+    ``ImageLosses(mse=0.0, token_grid=10.0, token_grid_window=2)``; a loss not named weighs 0."""
+
+    def __init__(self, weights: Mapping[str, float] | None = None,
+                 options: Mapping[str, Mapping[str, Any]] | None = None, **table: Any) -> None:
+        flat_weights, flat_options = split_table(table)
+        weights = {**(weights or {}), **flat_weights}
+        options = {name: {**(options or {}).get(name, {}), **flat_options.get(name, {})}
+                   for name in {*(options or {}), *flat_options}}
+        super().__init__(weights, options, kind="image")
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        terms: dict[str, torch.Tensor] = {}
-        w = self.weights
-        if w["mse"] > 0:
-            terms["mse"] = F.mse_loss(pred, target)
-        if w["l1"] > 0:
-            terms["l1"] = F.l1_loss(pred, target)
-        if self.lpips is not None:
-            terms["lpips"] = self.lpips(pred, target)
-        if w["wavelet"] > 0:
-            from op4ksr.losses.wavelet import wavelet_loss
-
-            terms["wavelet"] = wavelet_loss(pred, target)
-        if self.periodicity is not None:
-            terms["periodicity"] = self.periodicity(pred, target)
-        if w["token_grid"] > 0:
-            from op4ksr.losses.token_grid import token_grid_loss
-
-            terms["token_grid"] = token_grid_loss(pred, target, window=self.token_grid_window)
-        total = sum((w[k] * v for k, v in terms.items()), pred.new_zeros(()))
+        terms = self.terms(pred, target)
+        total = sum((self.weights[k] * v for k, v in terms.items()), pred.new_zeros(()))
         return total, {k: float(v.detach()) for k, v in terms.items()}

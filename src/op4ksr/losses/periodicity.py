@@ -19,11 +19,14 @@ A(x, 0) = 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from op4ksr.losses.base import Loss, register_loss
 
 PAPER_LAGS: tuple[int, ...] = (8, 16, 24, 32, 40)
 
@@ -128,8 +131,11 @@ def periodicity_loss(
     return (acf_pred - acf_target).square().mean()
 
 
-class PeriodicityLoss(nn.Module):
-    """Module form of :func:`periodicity_loss` for loss registries and trainers."""
+@register_loss("periodicity")
+class PeriodicityLoss(Loss):
+    """Module form of :func:`periodicity_loss` (the paper's settings): ``[loss] periodicity = W``."""
+
+    order = 40
 
     def __init__(self, config: PeriodicityLossConfig | None = None) -> None:
         super().__init__()
@@ -137,3 +143,9 @@ class PeriodicityLoss(nn.Module):
 
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
         return periodicity_loss(prediction, target, self.config)
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any], *, weight: float, crop_size: int) -> None:
+        if weight > 0 and crop_size // 2 <= max(PAPER_LAGS):
+            raise ValueError(f"data.crop_size: {crop_size} is too small for the periodicity loss "
+                             f"(its 2×2 blocks must be larger than the largest lag, {max(PAPER_LAGS)} px): use ≥ 96")

@@ -25,8 +25,13 @@ error instead of the output, so real image content at those frequencies is not p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from op4ksr.losses.base import Loss, register_loss
 
 # One definition of the phase mean for the loss (training) and the notch (inference).
 from op4ksr.models.grid_fix import TOKEN_PERIOD, phase_mean
@@ -70,8 +75,12 @@ def token_grid_loss(prediction: Tensor, target: Tensor, period: int = TOKEN_PERI
         return pattern.square().mean()
 
 
-class TokenGridLoss(nn.Module):
-    """Module form of :func:`token_grid_loss`."""
+@register_loss("token_grid")
+class TokenGridLoss(Loss):
+    """Module form of :func:`token_grid_loss`: ``[loss] token_grid = W``, ``token_grid_window = N`` (tokens)."""
+
+    options: ClassVar[Mapping[str, Any]] = {"window": 0}
+    order = 50
 
     def __init__(self, period: int = TOKEN_PERIOD, window: int = 0) -> None:
         super().__init__()

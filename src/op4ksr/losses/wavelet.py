@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from op4ksr.losses.base import Loss, register_loss
+
 
 def haar_dwt(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One level of the orthonormal 2D Haar transform: (LL, LH, HL, HH), each half size.
@@ -32,3 +34,13 @@ def wavelet_loss(pred: torch.Tensor, target: torch.Tensor, levels: int = 1) -> t
         losses.extend(F.l1_loss(p, t) for p, t in zip(bands_p, bands_t))
         pred, target = bands_p[0], bands_t[0]
     return torch.stack(losses).mean()
+
+
+@register_loss("wavelet")
+class WaveletLoss(Loss):
+    """Module form of :func:`wavelet_loss` (one level)."""
+
+    order = 30
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return wavelet_loss(pred, target)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from op4ksr.losses.combined import ImageLosses
+from op4ksr.losses.combined import ImageLosses, WeightedLosses
 from op4ksr.models.constants import check_sigma
 from op4ksr.models.flow import noisy_latent, velocity_target
 from op4ksr.models.packing import PATCH, pack_latents
@@ -33,10 +33,23 @@ from op4ksr.train.config import TrainConfig
 
 
 def _image_losses(cfg: TrainConfig) -> ImageLosses:
-    lc = cfg.loss
-    return ImageLosses(mse=lc.mse, l1=lc.l1, lpips=lc.lpips, lpips_net=lc.lpips_net, wavelet=lc.wavelet,
-                       periodicity=lc.periodicity, token_grid=lc.token_grid,
-                       token_grid_window=lc.token_grid_window)
+    """The registered image losses with weight > 0 in ``[loss]`` (the others are not built)."""
+    return ImageLosses(cfg.loss.weights, cfg.loss.options)
+
+
+def _losses(cfg: TrainConfig, kind: str) -> WeightedLosses:
+    return WeightedLosses(cfg.loss.weights, cfg.loss.options, kind=kind)
+
+
+def _adversarial(cfg: TrainConfig) -> tuple[nn.Module | None, WeightedLosses]:
+    """The adversarial losses and the PatchGAN they need, if any (the trainer adds their terms and
+    steps the discriminator)."""
+    losses = _losses(cfg, "adversarial")
+    if not len(losses):
+        return None, losses
+    from op4ksr.losses.adversarial import PatchDiscriminator
+
+    return PatchDiscriminator(), losses
 
 
 def _load_init(cfg: TrainConfig) -> OP4KSRPipeline:
@@ -114,14 +127,11 @@ class VAEStage(Stage):
         self.pipe.transformer.requires_grad_(False)
         self.pipe.prompt.requires_grad_(False)
         self.losses = _image_losses(cfg)
-        self.kl_weight = cfg.loss.kl
+        self.posterior_losses = _losses(cfg, "posterior")  # the KL
         self.sample_posterior = cfg.vae.sample_posterior
         if cfg.run.gradient_checkpointing:
             self.vae.enable_gradient_checkpointing()
-        if cfg.loss.adversarial > 0:
-            from op4ksr.losses.adversarial import PatchDiscriminator
-
-            self.discriminator = PatchDiscriminator()
+        self.discriminator, self.adversarial_losses = _adversarial(cfg)
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         hr = batch["hr"].contiguous(memory_format=torch.channels_last)
@@ -129,10 +139,9 @@ class VAEStage(Stage):
         z = posterior.sample(generator=generator) if self.sample_posterior else posterior.mode()
         rec = (self.vae.decode(z).sample + 1) / 2
         loss, logs = self.losses(rec, hr)
-        kl = posterior.kl().mean()
-        logs["kl"] = float(kl.detach())
+        terms = self.posterior_losses.terms(posterior)
         self._last_fake = rec
-        return loss + self.kl_weight * kl, logs
+        return self.posterior_losses.add_terms(loss, logs, terms), logs
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -233,9 +242,12 @@ class SRStage(Stage):
         self.pipe.prompt.requires_grad_(False)
         settings = LoraSettings(rank=cfg.sr.lora_rank, alpha=cfg.sr.lora_alpha)
         self.adapted: dict[str, list[str]] = {}
+        # L_vae (the latent losses) aligns the encoder LoRA's latent with the noised z_HR, when it trains.
+        self.latent_losses = _losses(cfg, "latent")
         if cfg.sr.train_vae_encoder:
-            # z_HR comes from a frozen copy of the *original* encoder (OMGSR's L_vae target).
-            self.frozen_vae = copy.deepcopy(self.pipe.vae).eval().requires_grad_(False)
+            if len(self.latent_losses):
+                # z_HR comes from a frozen copy of the *original* encoder (OMGSR's L_vae target).
+                self.frozen_vae = copy.deepcopy(self.pipe.vae).eval().requires_grad_(False)
             self.adapted["vae"] = add_lora(self.pipe.vae, VAE_ENCODER_TARGETS, settings)
         if cfg.sr.train_dit:
             self.adapted["transformer"] = add_lora(self.pipe.transformer, DIT_TARGETS, settings)
@@ -257,11 +269,7 @@ class SRStage(Stage):
             self.vae.enable_gradient_checkpointing()
             self.transformer.enable_gradient_checkpointing()
         self.losses = _image_losses(cfg)
-        self.vae_align = cfg.loss.vae_align
-        if cfg.loss.adversarial > 0:
-            from op4ksr.losses.adversarial import PatchDiscriminator
-
-            self.discriminator = PatchDiscriminator()
+        self.discriminator, self.adversarial_losses = _adversarial(cfg)
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         hr, lr = batch["hr"], batch["lr"]
@@ -271,21 +279,18 @@ class SRStage(Stage):
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.adapted)):
             lr_latent = self.pipe.lr_latent(lr)  # the pipeline's own first step
             z_lr = lr_latent.latent  # E_LoRA(LR), taken as z_σ
-            l_vae = None
-            if "vae" in self.adapted:
+            latent_terms: dict[str, torch.Tensor] = {}
+            if "vae" in self.adapted and len(self.latent_losses):
                 with torch.no_grad():
                     z_hr = self.frozen_vae.normalize(self.frozen_vae.encode_mode(hr))
                 noise = torch.randn(z_hr.shape, generator=generator, device=z_hr.device, dtype=z_hr.dtype)
-                l_vae = F.mse_loss(z_lr, noisy_latent(z_hr, noise, sigma))
+                latent_terms = self.latent_losses.terms(z_lr, noisy_latent(z_hr, noise, sigma))
             z0 = self.pipe.denoise(z_lr)
         # full compensation in training; users turn it down with --fidelity
         sr = self.pipe.decode(z0, lr_latent.upsampled, fidelity=1.0, clamp=False)[..., : hr.shape[-2], : hr.shape[-1]]
         loss, logs = self.losses(sr, hr)
         self._last_fake = sr
-        if l_vae is not None:
-            logs["vae_align"] = float(l_vae.detach())
-            loss = loss + self.vae_align * l_vae
-        return loss, logs
+        return self.latent_losses.add_terms(loss, logs, latent_terms), logs
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

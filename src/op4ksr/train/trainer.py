@@ -246,12 +246,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
                 with ctx, accelerator.autocast():
                     loss, logs = model(batch, generator)
                     if disc_optimizer is not None and step >= cfg.loss.adversarial_start:
-                        from op4ksr.losses.adversarial import generator_hinge_loss
-
-                        fake = stage.fake_for_discriminator()
-                        adv = generator_hinge_loss(stage.discriminator(fake))
-                        loss = loss + cfg.loss.adversarial * adv
-                        logs["adversarial"] = float(adv.detach())
+                        adversarial = stage.adversarial_losses  # the generator's terms (L_ADV)
+                        fake_logits = stage.discriminator(stage.fake_for_discriminator())
+                        loss = adversarial.add_terms(loss, logs, adversarial.terms(fake_logits))
                     accelerator.backward(loss / oc.grad_accum)
                 total += float(loss.detach()) / oc.grad_accum
                 for k, v in logs.items():
@@ -340,8 +337,9 @@ def _refuse_accelerate_fsdp(accelerator) -> None:
 def _check_assets(cfg: TrainConfig) -> None:
     """Fail before any work, naming the one command that fetches every missing backbone."""
     from op4ksr.assets import require_assets
+    from op4ksr.losses.registry import required_assets
 
-    needed = [cfg.loss.lpips_net] if cfg.loss.lpips > 0 else []
+    needed = required_assets(cfg.loss.weights, cfg.loss.options)  # e.g. lpips_net's backbone
     if needed:
         require_assets(needed)
 

@@ -368,6 +368,7 @@ def compare_to_reference(image: object, reference: object, report: GridReport,
     """Score ``reference`` like ``image`` and compute L_AP between them (RGB, or luma for grey)."""
     import torch
 
+    from op4ksr.io.images import to_tensor
     from op4ksr.losses.periodicity import periodicity_loss
 
     config = config or InspectorConfig(period=report.period)
@@ -378,10 +379,7 @@ def compare_to_reference(image: object, reference: object, report: GridReport,
             tensor = array.detach().float().cpu()
             return tensor if tensor.ndim == 4 else tensor[None]
         values = np.asarray(array)
-        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(values.dtype, 1.0)
-        values = values.astype(np.float32) / scale
-        values = values[..., None] if values.ndim == 2 else values[..., :3]
-        return torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1)[None]
+        return to_tensor(values if values.ndim == 2 else values[..., :3])
 
     image_t, reference_t = as_tensor(image), as_tensor(reference)
     if image_t.shape[-2:] != reference_t.shape[-2:]:

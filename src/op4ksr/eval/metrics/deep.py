@@ -51,7 +51,7 @@ class LPIPSAlex(_PatchedFR):
         super().__init__(**kwargs)
 
     def _build(self) -> torch.nn.Module:
-        from op4ksr.losses.perceptual import LPIPSNet
+        from op4ksr.nets.perceptual import LPIPSNet
 
         return LPIPSNet("alexnet", self.weights)
 
@@ -63,7 +63,7 @@ class LPIPSVGG(LPIPSAlex):
     name = "lpips_vgg"
 
     def _build(self) -> torch.nn.Module:
-        from op4ksr.losses.perceptual import LPIPSNet
+        from op4ksr.nets.perceptual import LPIPSNet
 
         return LPIPSNet("vgg16", self.weights)
 
@@ -84,6 +84,6 @@ class DISTS(_PatchedFR):
         super().__init__(**kwargs)
 
     def _build(self) -> torch.nn.Module:
-        from op4ksr.losses.perceptual import DISTSNet
+        from op4ksr.nets.perceptual import DISTSNet
 
         return DISTSNet(self.vgg_weights, self.dists_weights)

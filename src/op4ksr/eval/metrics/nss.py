@@ -9,6 +9,7 @@ from functools import cache
 import numpy as np
 import torch
 
+from op4ksr.eval.metrics import nss_assets as _recipes  # noqa: F401  (registers niqe, brisque)
 from op4ksr.eval.metrics.base import Metric, quantize_8bit, register_metric, rgb_to_y, shave
 
 _GAM = np.arange(0.2, 10.001, 0.001)

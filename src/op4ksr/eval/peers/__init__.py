@@ -5,8 +5,10 @@ See :mod:`op4ksr.eval.peers.registry` for the contract and how to add a method.
 
 from __future__ import annotations
 
-# Imported for its side effect: registers the `realesrgan` method and asset.
+# Imported for their side effects: the `realesrgan` method, and the recipe of its default weights
+# (the `realesrgan-x4plus` asset), so that the asset is known wherever the method is loaded.
 from op4ksr.eval.peers import realesrgan as realesrgan
+from op4ksr.eval.peers import realesrgan_ncnn as realesrgan_ncnn
 from op4ksr.eval.peers.registry import (
     SRMethod,
     create_method,
@@ -15,4 +17,5 @@ from op4ksr.eval.peers.registry import (
     register_method,
 )
 
-__all__ = ["SRMethod", "create_method", "list_methods", "parse_method_spec", "realesrgan", "register_method"]
+__all__ = ["SRMethod", "create_method", "list_methods", "parse_method_spec", "realesrgan", "realesrgan_ncnn",
+           "register_method"]

@@ -6,19 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from doubles import InterpolationPipeline, write_bad_files
 from PIL import Image
 
 from op4ksr.api import Upscaler
-from op4ksr.io.batch import (
-    BatchOptions,
-    PlanError,
-    WorkItem,
-    plan_batch,
-    process_item,
-    remove_stale_temps,
-    run_batch,
-)
-from op4ksr.io.testing import InterpolationPipeline, write_bad_files
+from op4ksr.batch.plan import BatchOptions, PlanError, WorkItem, plan_batch
+from op4ksr.batch.run import process_item, remove_stale_temps, run_batch
 
 
 def _img(path: Path, size: tuple[int, int] = (12, 8)) -> Path:

@@ -1,5 +1,8 @@
 """Test doubles for code that drives a pipeline (CLI, Ray path, web server) without a model.
 
+Importable from every test as ``doubles`` (``pythonpath = ["tests"]`` in pyproject.toml); not
+shipped in the wheel.
+
 :class:`InterpolationPipeline` honours the ``OP4KSRPipeline`` contract (``pipe(images,
 tiled=False)``, ``scale``, ``device``, ``dtype``, ``check_fits``, ``to``) with a plain
 bicubic resize, so file handling can be tested fast and exactly. ``write_bad_files`` makes

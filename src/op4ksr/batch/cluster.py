@@ -1,6 +1,6 @@
 """``op4ksr upscale --ray``: the same batch spread over a Ray cluster with Ray Data.
 
-Each actor loads the model once and runs :func:`op4ksr.io.batch.process_item` — the very
+Each actor loads the model once and runs :func:`op4ksr.batch.run.process_item` — the very
 function of the local run — so outputs, skips, failure reasons and atomic writes are the
 same. Planning (collisions, existing outputs, stale temporaries) happens on the driver before
 any work. Inputs and the output folder must be on storage every node sees (paths are sent
@@ -18,16 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from op4ksr.io.batch import (
-    BatchOptions,
-    BatchPlan,
-    BatchReport,
-    FileResult,
-    WorkItem,
-    process_item,
-    remove_stale_temps,
-    report_from_results,
-)
+from op4ksr.batch.plan import BatchOptions, BatchPlan, FileResult, WorkItem
+from op4ksr.batch.run import BatchReport, process_item, remove_stale_temps, report_from_results
 
 
 class ClusterError(RuntimeError):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from doubles import InterpolationPipeline, write_bad_files
 from PIL import Image
 
 from op4ksr.api import Upscaler
-from op4ksr.io.batch import BatchOptions, plan_batch, process_item, run_batch
-from op4ksr.io.testing import InterpolationPipeline, write_bad_files
+from op4ksr.batch.plan import BatchOptions, plan_batch
+from op4ksr.batch.run import process_item, run_batch
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -20,7 +22,9 @@ pytest.importorskip("ray.data")
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The workers import the test double (tests/doubles.py) as pytest does: tests/ on their path.
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
 
@@ -37,7 +41,7 @@ def _inputs(src: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_ray_matches_local_run(tmp_path: Path, ray_local) -> None:
-    from op4ksr.io.cluster import run_batch_ray
+    from op4ksr.batch.cluster import run_batch_ray
 
     src = tmp_path / "src"
     _inputs(src)

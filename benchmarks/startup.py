@@ -210,6 +210,8 @@ def markdown(args, torch_s: float, helps: dict[str, float], ours: dict[int, dict
             f"{lr}→{4 * lr}: " + ", ".join(f"{k} {v:.2f}" for k, v in p.items() if k != "total")
             for lr, p in peer.items()) + "."]
     if warm:
+        from op4ksr.io.images import PNG_COMPRESS_LEVEL
+
         big = ours[max(ours)]
         post = warm["color_fix"] + warm["notch"]
         lines += ["", f"**1024→4096 in process** (model loaded, warm): pipeline {warm['compute']:.2f} s "
@@ -219,7 +221,7 @@ def markdown(args, torch_s: float, helps: dict[str, float], ours: dict[int, dict
                   f"notch {warm['notch']:.2f} s, together **{100 * post / warm['compute']:.0f} %** of the pipeline "
                   f"(the pipeline with both off: {warm['pipeline_bare']:.2f} s).", "",
                   "| PNG zlib level (4096² output) | encode s | size MiB |", "|---|---|---|"]
-        lines += [f"| {level}{' (default)' if level == 3 else ''} | {t:.2f} | {size / 2**20:.1f} |"
+        lines += [f"| {level}{' (default)' if level == PNG_COMPRESS_LEVEL else ''} | {t:.2f} | {size / 2**20:.1f} |"
                   for level, (t, size) in warm["png"].items()]
     return "\n".join(lines) + "\n"
 

@@ -374,6 +374,8 @@ def test_png_compression_changes_size_not_pixels_and_is_checked(tmp_path: Path, 
     assert bad.exit_code != 0 and not (tmp_path / "bad" / "g_x4.png").exists()
     from op4ksr.io.images import check_png_compression
 
-    assert check_png_compression(None) == 3 and check_png_compression(0) == 0
+    from op4ksr.io.images import PNG_COMPRESS_LEVEL
+
+    assert check_png_compression(None) == PNG_COMPRESS_LEVEL and check_png_compression(0) == 0
     with pytest.raises(ValueError, match="--png-compression 10"):
         check_png_compression(10)

@@ -60,7 +60,7 @@ def upscale(
     png_compression: Annotated[
         int | None,
         typer.Option("--png-compression", min=0, max=9,
-                     help="PNG zlib level, 0 (fastest) to 9 (smallest); default 3, chosen by measurement "
+                     help="PNG zlib level, 0 (fastest) to 9 (smallest); default 1, chosen by measurement "
                           "(docs/PERFORMANCE.md)."),
     ] = None,
     suffix: Annotated[

@@ -51,7 +51,9 @@ PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", "
 
 # zlib level 3 instead of Pillow's 6: a 4096² photo encodes several times faster for a ~15 %
 # larger file; at 4K the PNG encoder would otherwise take about as long as the model on a GPU.
-PNG_COMPRESS_LEVEL = 3
+# zlib level 1: measured on a 4096² output (docs/PERFORMANCE.md, benchmarks/startup.py) it encodes
+# in 1.7 s against 2.7 s at level 3 and 7.1 s at 6, for an 11 % larger file than level 3.
+PNG_COMPRESS_LEVEL = 1
 
 _EXIF_ORIENTATION = 0x0112
 _ICC_TAG = 34675  # TIFF InterColorProfile

@@ -10,12 +10,11 @@ name, each of its options under ``NAME_OPTION``.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 from op4ksr.losses.base import _REGISTRY, KINDS, Loss
+from op4ksr.utils.plugins import import_package_modules
 
 
 class UnknownLossKeyError(KeyError):
@@ -30,19 +29,10 @@ class UnknownLossKeyError(KeyError):
 
 
 _MACHINERY = frozenset({"base", "registry", "combined"})
-_discovered = False
 
 
 def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    import op4ksr.losses as package
-
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if not info.name.startswith("_") and info.name not in _MACHINERY:
-            importlib.import_module(f"{package.__name__}.{info.name}")
-    _discovered = True
+    import_package_modules("op4ksr.losses", exclude=_MACHINERY)
 
 
 def loss_classes() -> dict[str, type[Loss]]:

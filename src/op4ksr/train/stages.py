@@ -299,8 +299,9 @@ class SRStage(Stage):
         hr, lr = batch["hr"], batch["lr"]
         lr_latent = self.pipe.lr_latent(lr)
         (h, w), x = lr_latent.size, lr_latent.upsampled
-        raw = self.pipe.decode(self.pipe.denoise(lr_latent.latent), x)[..., :h, :w]
-        pred = self.pipe(lr, check_memory=False)
+        out = self.pipe.decode(self.pipe.denoise(lr_latent.latent), x)  # padded to the token grid
+        raw = out[..., :h, :w].clone()
+        pred = self.pipe.post_process(out, x, (h, w))  # = self.pipe(lr), one network pass for both
         return {"pred": pred, "raw": raw, "target": hr, "bicubic": x[..., :h, :w]}
 
     def export(self, directory: Path) -> Path:

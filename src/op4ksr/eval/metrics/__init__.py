@@ -29,7 +29,11 @@ Full-reference metrics require ``reference``; no-reference metrics ignore it.
 
 from __future__ import annotations
 
-from op4ksr.eval.metrics import deep, external, fidelity, nss  # noqa: F401  (register the metrics)
+from op4ksr.utils.plugins import import_package_modules
+
+# Every module of this package registers its metrics on import: a new metric is one new file.
+import_package_modules(__name__, exclude={"base"})
+
 from op4ksr.eval.metrics.base import (
     Metric,
     MetricUnavailable,

@@ -5,10 +5,6 @@ See :mod:`op4ksr.eval.peers.registry` for the contract and how to add a method.
 
 from __future__ import annotations
 
-# Imported for their side effects: the `realesrgan` method, and the recipe of its default weights
-# (the `realesrgan-x4plus` asset), so that the asset is known wherever the method is loaded.
-from op4ksr.eval.peers import realesrgan as realesrgan
-from op4ksr.eval.peers import realesrgan_ncnn as realesrgan_ncnn
 from op4ksr.eval.peers.registry import (
     SRMethod,
     create_method,
@@ -17,5 +13,10 @@ from op4ksr.eval.peers.registry import (
     register_method,
 )
 
-__all__ = ["SRMethod", "create_method", "list_methods", "parse_method_spec", "realesrgan", "realesrgan_ncnn",
-           "register_method"]
+from op4ksr.utils.plugins import import_package_modules
+
+# Every module of this package registers its methods (and asset recipes, e.g. `realesrgan-x4plus`
+# in realesrgan_ncnn) on import: a new peer is one new file. Wherever a method is loaded, all are known.
+import_package_modules(__name__)
+
+__all__ = ["SRMethod", "create_method", "list_methods", "parse_method_spec", "register_method"]

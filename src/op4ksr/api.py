@@ -53,27 +53,19 @@ def is_pipeline(model: Any) -> bool:
 
 def load_model(model: str | os.PathLike | None = None, *, device: str = "auto", dtype: str | None = None) -> Any:
     """Load a pipeline by name/folder (``None`` = the bundled compact model); one-line errors."""
+    from op4ksr.models.loading import load_pipeline  # here, not at import: the CLI plans before torch loads
+
     label = str(model) if model is not None else "compact"
-    try:
-        from op4ksr.models.loading import load_pipeline
-    except ImportError as exc:
-        raise ModelLoadError(f"model {label!r}: model code unavailable ({exc})") from None
     try:
         return load_pipeline(None if model is None else str(model), device=device, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the user gets one line
         raise ModelLoadError(f"model {label!r}: {one_line(exc)}") from None
 
 
-class _PlannerAbsent(Exception):
-    """Stands in for MemoryPlanError when ``op4ksr.models.planner`` is not installed."""
-
-
 def memory_plan_error() -> type[BaseException]:
-    """The planner's error class (a stand-in while the planner is absent)."""
-    try:
-        from op4ksr.models.planner import MemoryPlanError
-    except ImportError:
-        return _PlannerAbsent
+    """The planner's error class, imported when first needed (it pulls in torch)."""
+    from op4ksr.models.planner import MemoryPlanError
+
     return MemoryPlanError
 
 

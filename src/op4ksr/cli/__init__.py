@@ -50,14 +50,7 @@ def _root(
 
 def _register_all() -> None:
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"op4ksr.cli.{name}")
-        except ModuleNotFoundError as exc:
-            # A command module not written yet must not break the others.
-            if exc.name == f"op4ksr.cli.{name}":
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(f"op4ksr.cli.{name}").register(app)
 
 
 _register_all()

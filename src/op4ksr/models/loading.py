@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from op4ksr.models.compensation import HighFrequencyCompensation
 from op4ksr.models.constants import DEFAULT_SIGMA, OP4KSR_ROPE_THETA
+from op4ksr.models.modeling import read_config_file
 from op4ksr.models.pipeline import OP4KSRPipeline
 from op4ksr.models.prompt import FixedPromptEmbeddings
 from op4ksr.models.transformer import OP4KSRTransformer
@@ -222,12 +223,9 @@ def _read_index(directory: Path) -> dict:
         raise ModelLoadError(f"{directory}: no model_index.json; not an op4ksr model directory")
     contained_file(directory, index_file, "model_index.json")
     try:
-        index = json.loads(index_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{index_file}: not valid JSON ({exc})") from None
-    if not isinstance(index, dict):
-        raise ModelLoadError(f"{index_file}: expected a JSON object, got {type(index).__name__}")
-    return index
+        return read_config_file(index_file)
+    except ValueError as exc:  # "not valid JSON (…)" / "expected a JSON object, got …"
+        raise ModelLoadError(f"{index_file}: {exc}") from None
 
 
 def _pipeline_options(index: dict) -> dict:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -178,19 +176,14 @@ def in_process(image: Path, out: Path, runs: int) -> dict[str, object]:
 
 
 # ------------------------------------------------------------------ report
-def machine_line() -> str:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}; "
-            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-
-
 def markdown(args, torch_s: float, helps: dict[str, float], ours: dict[int, dict], peer: dict[int, dict],
              warm: dict[str, object], source: str) -> str:
+    import torch
+    from speed import machine_line  # the sibling benchmark's machine description; imported here so
+    # that the Real-ESRGAN worker process (this file too) does not pay for it
+
     lines = [f"## Whole-process start-up and run ({datetime.now(timezone.utc):%Y-%m-%d})", "",
-             f"Machine: {machine_line()}  ",
+             f"Machine: {machine_line(torch.device('cpu'))}  ",
              f"Command: `python benchmarks/startup.py {' '.join(sys.argv[1:])}`  ",
              f"Input: square centre crop of {source}, box-downscaled to 256² and 1024². Medians of "
              f"{args.runs} fresh processes ({args.peer_runs} for Real-ESRGAN); one run of this script.", "",

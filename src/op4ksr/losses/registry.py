@@ -10,6 +10,7 @@ name, each of its options under ``NAME_OPTION``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ class UnknownLossKeyError(KeyError):
 _MACHINERY = frozenset({"base", "registry", "combined"})
 
 
+@functools.cache  # once per process: every lookup below goes through it
 def _discover() -> None:
     import_package_modules("op4ksr.losses", exclude=_MACHINERY)
 

@@ -52,10 +52,13 @@ def register_model_folder() -> None:
     folder_paths = comfy_module("folder_paths")
     if folder_paths is None:
         return
+    default = str(Path(folder_paths.models_dir) / "op4ksr")
     try:
-        folder_paths.get_folder_paths("op4ksr")
+        known = folder_paths.get_folder_paths("op4ksr")  # extra_model_paths.yaml may have named some
     except KeyError:
-        folder_paths.add_model_folder_path("op4ksr", str(Path(folder_paths.models_dir) / "op4ksr"))
+        known = []
+    if default not in known:
+        folder_paths.add_model_folder_path("op4ksr", default)
 
 
 def model_roots() -> dict[str, list[Path]]:
@@ -166,7 +169,7 @@ class OP4KSRModelLoader:
     """Load the bundled op4ksr model or an op4ksr model folder from ComfyUI's model folders."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:  # noqa: N802 - ComfyUI's name
+    def INPUT_TYPES(cls) -> dict:  # ComfyUI reads this name
         choices = model_choices()
         return {"required": {
             "model": (choices, {"default": choices[0], "tooltip": (
@@ -201,7 +204,7 @@ class OP4KSRUpscale:
     """Upscale each image of a batch whole (no tiles), with the options of ``op4ksr upscale``."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:  # noqa: N802 - ComfyUI's name
+    def INPUT_TYPES(cls) -> dict:  # ComfyUI reads this name
         from op4ksr.models.color import COLOR_FIXES
         from op4ksr.models.grid_fix import GRID_FIXES
 

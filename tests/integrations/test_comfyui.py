@@ -8,6 +8,7 @@ The model is the ``tiny`` preset with random weights, saved with ``save_pretrain
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -85,16 +86,26 @@ def comfy(tmp_path, monkeypatch):
     return record, models
 
 
-@pytest.fixture
-def pack(comfy, monkeypatch):
-    """The node pack imported from its folder as ComfyUI does (after the stubs exist)."""
+@contextlib.contextmanager
+def imported_pack(monkeypatch):
+    """The node pack imported from its folder as ComfyUI loads a custom node (spec from the
+    folder's ``__init__.py``, registered in ``sys.modules`` under the folder's name)."""
     spec = importlib.util.spec_from_file_location(PACK_MODULE, PACK / "__init__.py",
                                                   submodule_search_locations=[str(PACK)])
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, PACK_MODULE, module)
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(f"{PACK_MODULE}.nodes", None)
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(f"{PACK_MODULE}.nodes", None)
+
+
+@pytest.fixture
+def pack(comfy, monkeypatch):
+    """The node pack, imported after the ComfyUI stubs exist."""
+    with imported_pack(monkeypatch) as module:
+        yield module
 
 
 def save_tiny(folder: Path, seed: int = 0):
@@ -149,8 +160,25 @@ def test_pack_exports_the_classic_node_interface(pack, comfy):
         assert set(inputs) <= {"required", "optional"} and inputs["required"]
         assert isinstance(cls.RETURN_TYPES, tuple) and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
         assert callable(getattr(cls(), cls.FUNCTION)) and cls.CATEGORY
-    # importing the pack made models/op4ksr/ a ComfyUI model folder
+    # importing the pack made models/op4ksr/ a ComfyUI model folder, once
     assert sys.modules["folder_paths"].get_folder_paths("op4ksr") == [str(models / "op4ksr")]
+    pack.nodes.register_model_folder()
+    assert sys.modules["folder_paths"].get_folder_paths("op4ksr") == [str(models / "op4ksr")]
+
+
+def test_models_op4ksr_joins_folders_from_extra_model_paths(comfy, tmp_path, monkeypatch):
+    """ComfyUI reads extra_model_paths.yaml before custom nodes: its op4ksr folders stay, models/op4ksr/ joins."""
+    _record, models = comfy
+    folder_paths = sys.modules["folder_paths"]
+    folder_paths.add_model_folder_path("op4ksr", str(tmp_path / "big-disk" / "op4ksr"))
+    save_tiny(tmp_path / "big-disk" / "op4ksr" / "elsewhere")
+    with imported_pack(monkeypatch) as module:
+        assert folder_paths.get_folder_paths("op4ksr") == [str(tmp_path / "big-disk" / "op4ksr"),
+                                                           str(models / "op4ksr")]
+        loader = module.NODE_CLASS_MAPPINGS["OP4KSRModelLoader"]
+        assert loader.INPUT_TYPES()["required"]["model"][0] == ["compact", "op4ksr/elsewhere"]
+        (model,) = loader().load("op4ksr/elsewhere", "cpu", "auto")
+        assert model.scale == 4
 
 
 def test_pack_metadata_names_op4ksr_once(pack):
@@ -163,20 +191,13 @@ def test_pack_metadata_names_op4ksr_once(pack):
     assert {"PublisherId", "DisplayName", "Icon"} <= set(project["tool"]["comfy"])
 
 
-def test_the_pack_imports_without_comfyui(tmp_path, monkeypatch):
+def test_the_pack_imports_without_comfyui(monkeypatch):
     """Outside ComfyUI only the bundled model is offered and nothing else is needed."""
     for name in ("folder_paths", "comfy", "comfy.utils", "comfy.model_management"):
         monkeypatch.setitem(sys.modules, name, None)  # import → ImportError
-    spec = importlib.util.spec_from_file_location(PACK_MODULE, PACK / "__init__.py",
-                                                  submodule_search_locations=[str(PACK)])
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, PACK_MODULE, module)
-    try:
-        spec.loader.exec_module(module)
+    with imported_pack(monkeypatch) as module:
         choices = module.NODE_CLASS_MAPPINGS["OP4KSRModelLoader"].INPUT_TYPES()["required"]["model"][0]
-        assert choices == ["compact"]
-    finally:
-        sys.modules.pop(f"{PACK_MODULE}.nodes", None)
+    assert choices == ["compact"]
 
 
 # ----------------------------------------------------------------------------- loader

@@ -122,6 +122,22 @@ def save_tiny(folder: Path, seed: int = 0):
     return pipe
 
 
+def convert_tiny_ultraflux(work: Path, folder: Path) -> None:
+    """docs/COMFYUI.md's conversion on tiny parts: UltraFlux-layout ``vae/``, ``transformer/`` and
+    prompt embeddings → ``load_ultraflux_parts`` → ``export_pipeline`` into a ComfyUI model folder."""
+    from safetensors.torch import save_file
+
+    from op4ksr.models.loading import export_pipeline, load_ultraflux_parts
+    from op4ksr.models.presets import build_pipeline
+
+    parts = build_pipeline("tiny", seed=2, overrides={"compensation": {"enabled": False}})
+    parts.vae.save_pretrained(work / "vae")
+    parts.transformer.save_pretrained(work / "transformer")
+    save_file({k: v.contiguous() for k, v in parts.prompt.state_dict().items()}, str(work / "prompt.safetensors"))
+    converted = load_ultraflux_parts(work / "vae", work / "transformer", work / "prompt.safetensors")
+    export_pipeline(converted, folder, dtype=torch.bfloat16)
+
+
 def images_u8(batch: int, height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (batch, height, width, channels), dtype=np.uint8)
 
@@ -204,7 +220,7 @@ def test_the_pack_imports_without_comfyui(monkeypatch):
 def test_loader_offers_saved_op4ksr_folders_only(pack, comfy):
     _record, models = comfy
     save_tiny(models / "op4ksr" / "tiny")
-    save_tiny(models / "diffusers" / "someone" / "ultraflux-op4ksr", seed=1)  # a converted model, one level deeper
+    convert_tiny_ultraflux(models.parent / "download", models / "diffusers" / "someone" / "ultraflux-op4ksr")
     flux = models / "diffusers" / "FLUX.1-dev"  # another diffusers model: not op4ksr's
     flux.mkdir()
     (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
@@ -212,6 +228,8 @@ def test_loader_offers_saved_op4ksr_folders_only(pack, comfy):
     (models / "diffusers" / "broken" / "model_index.json").write_text("{not json")
     choices = pack.NODE_CLASS_MAPPINGS["OP4KSRModelLoader"].INPUT_TYPES()["required"]["model"][0]
     assert choices == ["compact", "op4ksr/tiny", "diffusers/someone/ultraflux-op4ksr"]
+    (converted,) = pack.NODE_CLASS_MAPPINGS["OP4KSRModelLoader"]().load(choices[-1], "cpu", "auto")
+    assert converted.dtype == torch.float32 and converted.compensation is None  # bf16 on disk, fp32 on a CPU
 
 
 def test_loader_loads_the_chosen_folder_fp32_on_cpu(pack, comfy):

@@ -21,6 +21,7 @@ import torch
 
 from op4ksr import upscale
 from op4ksr.api import Upscaler
+from op4ksr.io.images import load_image
 
 PACK = Path(__file__).resolve().parents[2] / "integrations" / "comfyui"
 PACK_MODULE = "comfyui_op4ksr_under_test"  # ComfyUI names a pack's module after its folder
@@ -207,13 +208,15 @@ def test_pack_metadata_names_op4ksr_once(pack):
     assert {"PublisherId", "DisplayName", "Icon"} <= set(project["tool"]["comfy"])
 
 
-def test_the_pack_imports_without_comfyui(monkeypatch):
-    """Outside ComfyUI only the bundled model is offered and nothing else is needed."""
+def test_the_pack_works_without_comfyui(monkeypatch, tiny_pipeline):
+    """Outside ComfyUI only the bundled model is offered, and upscaling needs no ComfyUI module."""
     for name in ("folder_paths", "comfy", "comfy.utils", "comfy.model_management"):
         monkeypatch.setitem(sys.modules, name, None)  # import → ImportError
     with imported_pack(monkeypatch) as module:
         choices = module.NODE_CLASS_MAPPINGS["OP4KSRModelLoader"].INPUT_TYPES()["required"]["model"][0]
+        image, mask = run_upscale(module, tiny_pipeline, as_comfy_image(images_u8(1, 16, 24)))
     assert choices == ["compact"]
+    assert image.shape == (1, 64, 96, 3) and mask.shape == (1, 64, 96)
 
 
 # ----------------------------------------------------------------------------- loader
@@ -279,8 +282,11 @@ def test_upscale_batch_equals_the_api_on_the_same_images(pack, comfy, tiny_in_co
     assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0 and float(image.std()) > 0.01
     assert mask.shape == (2, 128, 192) and not mask.any()  # opaque
     for i in range(2):
-        expected = np.asarray(upscale(u8[i], 4, model=tiny_in_comfy))
+        expected = np.asarray(upscale(u8[i], 4, model=tiny_in_comfy))  # 8-bit PIL, as the API returns
         np.testing.assert_array_equal(quantised(image[i]), expected)
+        # and no precision lost on the way: the API's float result, bit for bit
+        floats = Upscaler(tiny_in_comfy).upscale_data(load_image(u8[i]), 4).pixels
+        np.testing.assert_array_equal(image[i].numpy(), floats)
     # one progress step and one cache release per batch item, after the memory check
     kinds = [e[0] for e in record.events]
     assert kinds == ["free_memory", "progress_total", "interrupt_check", "empty_cache", "progress",

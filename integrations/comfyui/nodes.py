@@ -317,7 +317,7 @@ def check_memory(upscaler: Any, batch: int, height: int, width: int) -> None:
     """Before any model call: ask ComfyUI to make room, then the planner; refuse with the
     estimate and the node's options when an image will not fit."""
     from op4ksr.api import memory_plan_error
-    from op4ksr.models.planner import human_bytes
+    from op4ksr.models.planner import available_bytes, human_bytes
 
     pipe = upscaler.pipe
     out_h, out_w = height * upscaler.native_scale, width * upscaler.native_scale
@@ -326,16 +326,31 @@ def check_memory(upscaler: Any, batch: int, height: int, width: int) -> None:
     if model_management is not None:  # unload other models ComfyUI keeps on this device
         model_management.free_memory(estimate.peak_bytes - estimate.weights_bytes, pipe.device)
     try:
-        upscaler.check_fits(width, height)
-    except memory_plan_error() as exc:
+        upscaler.check_fits(width, height)  # the planner decides; the message below explains
+    except memory_plan_error():
+        working = estimate.peak_bytes - estimate.weights_bytes
         raise OP4KSRNodeError(
-            f"op4ksr: {batch} image(s) of {width}×{height} → {out_w}×{out_h} at the model's native "
-            f"×{upscaler.native_scale} will not fit ({exc}). Estimate per image: peak "
-            f"{human_bytes(estimate.peak_bytes)} in {estimate.dtype} (weights {human_bytes(estimate.weights_bytes)}, "
+            f"op4ksr: {batch} image(s) of {width}×{height} → {out_w}×{out_h} (the model's native "
+            f"×{upscaler.native_scale}) will not fit on {pipe.device}: each needs ~{human_bytes(working)} "
+            f"beyond the loaded weights but ~{human_bytes(available_bytes(pipe.device))} is free (estimate: "
+            f"peak {human_bytes(estimate.peak_bytes)} in {estimate.dtype}, weights {human_bytes(estimate.weights_bytes)}, "
             f"encode {human_bytes(estimate.encode_bytes)}, DiT {human_bytes(estimate.dit_bytes)}, "
-            f"decode {human_bytes(estimate.decode_bytes)}). Options: a smaller input image; dtype fp16/bf16 "
-            "in the op4ksr loader; device cpu in the loader (system memory); closing other workflows' models"
+            f"decode {human_bytes(estimate.decode_bytes)}). Options: {'; '.join(memory_options(pipe.device, pipe.dtype))}"
         ) from None
+
+
+def memory_options(device, dtype) -> list[str]:
+    """What a user can change in the workflow when an image does not fit (a smaller ``scale``
+    is not one: the model always runs at its native scale)."""
+    import torch
+
+    options = ["a smaller input image"]
+    if device.type != "cpu":
+        if dtype == torch.float32:
+            options.append("dtype fp16 or bf16 in the op4ksr loader (half the memory)")
+        options.append("device cpu in the op4ksr loader (system memory, slower)")
+    options.append("fewer other programs on the device")
+    return options
 
 
 NODE_CLASS_MAPPINGS = {

@@ -348,11 +348,25 @@ def test_over_budget_size_is_a_node_error_before_any_model_call(pack, comfy, tin
     message = str(info.value)
     assert "\n" not in message and model_calls == []
     expected_need = tiny_in_comfy.estimate(128, 192)
-    assert "2 image(s) of 48×32 → 192×128" in message
-    assert planner.human_bytes(expected_need.peak_bytes) in message
-    assert "fp16/bf16" in message and "device cpu" in message
+    assert message.startswith("op4ksr: 2 image(s) of 48×32 → 192×128 (the model's native ×4) will not fit on cpu: "
+                              f"each needs ~{planner.human_bytes(expected_need.peak_bytes - expected_need.weights_bytes)} "
+                              "beyond the loaded weights but ~1.0 KiB is free (estimate: peak "
+                              f"{planner.human_bytes(expected_need.peak_bytes)} in float32")
+    assert message.endswith("Options: a smaller input image; fewer other programs on the device")  # on a CPU
     assert [e[0] for e in record.events] == ["free_memory"]  # asked ComfyUI to make room, nothing ran
     assert record.events[0][1] == expected_need.peak_bytes - expected_need.weights_bytes
+
+
+def test_memory_options_fit_the_device_and_dtype(pack):
+    options = pack.nodes.memory_options
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")  # only compared, never allocated on
+    assert options(cuda, torch.float32) == [
+        "a smaller input image", "dtype fp16 or bf16 in the op4ksr loader (half the memory)",
+        "device cpu in the op4ksr loader (system memory, slower)", "fewer other programs on the device"]
+    assert options(cuda, torch.bfloat16) == [
+        "a smaller input image", "device cpu in the op4ksr loader (system memory, slower)",
+        "fewer other programs on the device"]
+    assert options(cpu, torch.float32) == ["a smaller input image", "fewer other programs on the device"]
 
 
 @pytest.mark.parametrize("change, reason", [

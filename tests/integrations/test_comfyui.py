@@ -24,7 +24,7 @@ from op4ksr.api import Upscaler
 from op4ksr.io.images import load_image
 
 PACK = Path(__file__).resolve().parents[2] / "integrations" / "comfyui"
-PACK_MODULE = "comfyui_op4ksr_under_test"  # ComfyUI names a pack's module after its folder
+PACK_MODULE = "comfyui-op4ksr"  # ComfyUI names a pack's module after its folder (docs/COMFYUI.md's name)
 
 # The ComfyUI core nodes the example workflow uses, as ComfyUI's nodes.py and
 # comfy_extras/nodes_compositing.py declare them: connection inputs, outputs, widget count.

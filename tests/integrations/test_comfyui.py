@@ -21,7 +21,7 @@ import torch
 
 from op4ksr import upscale
 from op4ksr.api import Upscaler
-from op4ksr.io.images import load_image
+from op4ksr.io.images import from_tensor, load_image
 
 PACK = Path(__file__).resolve().parents[2] / "integrations" / "comfyui"
 PACK_MODULE = "comfyui-op4ksr"  # ComfyUI names a pack's module after its folder (docs/COMFYUI.md's name)
@@ -149,7 +149,8 @@ def as_comfy_image(u8: np.ndarray) -> torch.Tensor:
 
 
 def quantised(values: torch.Tensor) -> np.ndarray:
-    return np.rint(values.numpy() * 255.0).astype(np.uint8)
+    """One [H, W, C] node output in 8 bits, rounded as op4ksr rounds when it writes or returns PIL."""
+    return from_tensor(values.permute(2, 0, 1), np.uint8)
 
 
 @pytest.fixture

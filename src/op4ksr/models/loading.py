@@ -11,7 +11,8 @@ A model directory is diffusers-like::
 Only safetensors are read. A directory holding any pickle-format weight file is refused (it
 could run code when loaded), and every error names the part and what is missing or mismatched.
 Nothing outside the model folder is opened: every file a name in the folder leads to (a shard
-in an index, a symlinked weights file) must resolve inside it (:func:`contained_file`), and a
+in an index, a symlinked weights file) must resolve inside it (:func:`contained_file`; in a
+Hugging Face cache snapshot, into its own repository's ``blobs/``), and a
 config's structural sizes are bounded (:data:`CONFIG_LIMITS`) before any module is built.
 """
 
@@ -56,12 +57,34 @@ CONFIG_LIMITS = {
 MAX_LIST_LENGTH, MAX_LIST_VALUE = 16, 65536  # block_out_channels, level_channels, axes_dims_rope, …
 
 
+HF_CACHE_SNAPSHOTS, HF_CACHE_BLOBS, HF_CACHE_REPO_PREFIXES = "snapshots", "blobs", ("models--",)
+
+
+def hf_cache_blobs(root: Path) -> Path | None:
+    """The ``blobs/`` folder of the Hugging Face cache repository that ``root`` lies in
+    (``…/models--OWNER--NAME/snapshots/<rev>/…``), or None when ``root`` is not in such a snapshot.
+
+    The cache stores every file of a snapshot as a symlink into ``../../blobs/<hash>``: those
+    links, and only those, may lead out of the model folder."""
+    resolved = root.resolve()
+    for folder in (resolved, *resolved.parents):
+        snapshots = folder.parent
+        repo = snapshots.parent
+        if snapshots.name == HF_CACHE_SNAPSHOTS and repo.name.startswith(HF_CACHE_REPO_PREFIXES):
+            return repo / HF_CACHE_BLOBS
+    return None
+
+
 def contained_file(root: Path, path: Path, what: str) -> Path:
-    """``path`` resolved (symlinks followed), or ModelLoadError if it lies outside ``root``."""
+    """``path`` resolved (symlinks followed), or ModelLoadError if it lies outside ``root``
+    (a file of a Hugging Face cache snapshot may resolve into that same repository's ``blobs/``)."""
     resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise ModelLoadError(f"{path}: {what} resolves outside the model folder {root} ({resolved}); refused")
-    return resolved
+    if resolved.is_relative_to(root.resolve()):
+        return resolved
+    blobs = hf_cache_blobs(root)
+    if blobs is not None and resolved.is_relative_to(blobs):
+        return resolved
+    raise ModelLoadError(f"{path}: {what} resolves outside the model folder {root} ({resolved}); refused")
 
 
 def check_config_limits(part: str, config_file: Path, config: dict) -> None:

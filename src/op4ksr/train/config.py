@@ -151,10 +151,19 @@ class LossConfig:
         return f"LossConfig({', '.join(f'{k}={v!r}' for k, v in self.to_table().items())})"
 
 
+SR_ROPE_SCALINGS = ("auto", "ultraflux", "none")
+SR_POSTERIORS = ("mode", "sample")
+
+
 @dataclass
 class SRConfig:
     sigma: float = 0.0  # 0 = keep the pipeline's σ
     rope_theta: float = OP4KSR_ROPE_THETA  # FLUX_ROPE_THETA (10000) reproduces the unrescaled baseline (Table 6)
+    # RoPE beyond the 2048-px window: "auto" = UltraFlux's YaRN at θ = 10000 (what UltraFlux computes),
+    # plain RoPE at RFR's θ (the paper's Fig. 5 reasoning); "ultraflux" or "none" force one.
+    rope_scaling: str = "auto"
+    # Encode LR/HR with the posterior mode (deterministic) or a posterior sample (OMGSR's choice).
+    posterior: str = "mode"
     lora_rank: int = 64
     lora_alpha: int = 64
     train_vae_encoder: bool = True
@@ -340,6 +349,10 @@ def validate(config: TrainConfig, check_paths: bool = True) -> None:
             check_sigma(config.sr.sigma, what="sr.sigma")
         except ValueError as exc:
             raise ConfigError(f"{exc} (or 0 for the pipeline's own)") from None
+    if config.sr.rope_scaling not in SR_ROPE_SCALINGS:
+        raise ConfigError(f"sr.rope_scaling: {config.sr.rope_scaling!r} is not one of {', '.join(SR_ROPE_SCALINGS)}")
+    if config.sr.posterior not in SR_POSTERIORS:
+        raise ConfigError(f"sr.posterior: {config.sr.posterior!r} is not one of {', '.join(SR_POSTERIORS)}")
     if config.stage in ("prior", "sr") and not config.model.init:
         raise ConfigError(f"model.init: the {config.stage} stage needs the previous stage's model directory")
     if not check_paths:

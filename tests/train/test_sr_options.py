@@ -1,0 +1,56 @@
+"""The sr stage's UltraFlux options: RoPE beyond 2048 px (``sr.rope_scaling``) and the
+posterior mode/sample (``sr.posterior``)."""
+
+import pytest
+import torch
+
+from op4ksr.models.rope import ULTRAFLUX_ROPE_SCALING
+from op4ksr.train.config import ConfigError, load_config
+from op4ksr.train.stages import SRStage
+
+
+def _config(tmp_path, photo_dir, init, *overrides):
+    path = tmp_path / "c.toml"
+    path.write_text('stage = "sr"\n[model]\npreset = "tiny"\n[loss]\nmse = 1.0\nvae_align = 5.0\n'
+                    "[sr]\nlora_rank = 2\nlora_alpha = 2\n")
+    return load_config(path, [f'data.train=["{photo_dir}"]', f'model.init="{init}"', *overrides])
+
+
+@pytest.mark.parametrize("theta,choice,expected", [
+    (100.0, "auto", None),  # RFR: plain RoPE, as the paper's Fig. 5 reasons
+    (10000.0, "auto", ULTRAFLUX_ROPE_SCALING),  # the θ = 10000 ablation: what UltraFlux computes
+    (100.0, "ultraflux", ULTRAFLUX_ROPE_SCALING),
+    (10000.0, "none", None),
+])
+def test_sr_stage_rope_scaling(tmp_path, photo_dir, tiny_init_dir, theta, choice, expected):
+    cfg = _config(tmp_path, photo_dir, tiny_init_dir, f"sr.rope_theta={theta}", f'sr.rope_scaling="{choice}"')
+    stage = SRStage(cfg)
+    assert stage.transformer.pos_embed.theta == theta
+    assert stage.transformer.pos_embed.scaling == expected
+    assert stage.transformer.config.rope_scaling == expected
+
+
+def test_sr_stage_posterior_sample_vs_mode(tmp_path, photo_dir, tiny_init_dir):
+    lr = torch.rand(1, 3, 16, 16)
+    latents = {}
+    for choice in ("mode", "sample"):
+        stage = SRStage(_config(tmp_path, photo_dir, tiny_init_dir, f'sr.posterior="{choice}"'))
+        with torch.no_grad():
+            latents[choice] = [stage._lr_latent(lr, torch.Generator().manual_seed(seed)).latent for seed in (0, 1)]
+    mode, sample = latents["mode"], latents["sample"]
+    assert torch.equal(mode[0], mode[1])  # deterministic
+    with torch.no_grad():
+        expected = stage.pipe.lr_latent(lr).latent
+    torch.testing.assert_close(mode[0], expected)
+    assert not torch.equal(sample[0], sample[1]) and sample[0].shape == mode[0].shape
+    # a sample is mean + std·ε: the same seed gives the same sample
+    with torch.no_grad():
+        again = stage._lr_latent(lr, torch.Generator().manual_seed(0)).latent
+    assert torch.equal(again, sample[0])
+
+
+def test_sr_options_are_checked(tmp_path, photo_dir, tiny_init_dir):
+    with pytest.raises(ConfigError, match="sr.rope_scaling"):
+        _config(tmp_path, photo_dir, tiny_init_dir, 'sr.rope_scaling="yarn"')
+    with pytest.raises(ConfigError, match="sr.posterior"):
+        _config(tmp_path, photo_dir, tiny_init_dir, 'sr.posterior="mean"')

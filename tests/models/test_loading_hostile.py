@@ -6,8 +6,8 @@ import time
 
 import pytest
 import torch
-
 from doubles import hf_cache_snapshot
+
 from op4ksr.models.loading import ModelLoadError, from_pretrained, meta_pipeline_from_dir
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL

@@ -1,4 +1,6 @@
-"""`op4ksr info`: parameter counts, token grid, FLOPs and peak-memory estimate for an output size."""
+"""`op4ksr info` (parameter counts, token grid, FLOPs and peak-memory estimate for an output size),
+`op4ksr export` (a model folder in another storage dtype) and `op4ksr convert ultraflux` (a
+downloaded UltraFlux snapshot → an op4ksr model folder)."""
 
 from __future__ import annotations
 
@@ -127,6 +129,40 @@ def export(
     typer.echo(f"exported {source} → {out} ({dtype}, {size / 2**20:.1f} MiB)")
 
 
+def convert_ultraflux(
+    snapshot: Path = typer.Argument(..., help="UltraFlux snapshot folder (e.g. ~/.cache/huggingface/hub/"
+                                              "models--Owen777--UltraFlux-v1/snapshots/<rev>, or the models--… folder)."),
+    out: Path = typer.Option(..., "--out", help="New op4ksr model folder."),
+    transformer: Path = typer.Option(None, "--transformer", help="Another transformer folder, e.g. the v1.1 "
+                                                                 "transformer repository's snapshot."),
+    prompt: str = typer.Option(None, "--prompt", help="The fixed prompt to encode (default: S3Diff's positive "
+                                                      "prompt; OMGSR-F uses \"\")."),
+    device: str = typer.Option("auto", "--device", help="Where the text encoders run: auto, cpu, cuda, …"),
+) -> None:
+    """Convert an UltraFlux snapshot: copy its VAE and transformer, encode the fixed prompt once with its own
+    T5 and CLIP, and write an op4ksr model folder (for upscale --model, train model.init, info)."""
+    from op4ksr.models.convert import convert_ultraflux as convert
+    from op4ksr.models.prompt import S3DIFF_PROMPT
+    from op4ksr.utils.device import resolve_device, resolve_dtype
+    from op4ksr.utils.errors import ModelLoadError
+
+    if out.exists():
+        fail(f"{out}: exists; choose a new folder (nothing was converted)")
+    run_device = resolve_device(device)
+    try:
+        result = convert(snapshot, out, transformer=transformer, prompt=S3DIFF_PROMPT if prompt is None else prompt,
+                         device=run_device, text_dtype=resolve_dtype(None, run_device))
+    except (ModelLoadError, FileExistsError) as exc:
+        fail(str(exc))
+    record = json.loads((result / "conversion.json").read_text())
+    cut = [name for name, truncated in record["truncated"].items() if truncated]
+    typer.echo(f"converted {snapshot} → {result} (prompt {record['prompt']!r}"
+               + (f"; cut to the {' and '.join(n.upper() for n in cut)} tokenizer's length" if cut else "") + ")")
+
+
 def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("export")(export)
+    convert_app = typer.Typer(name="convert", help="Import models from other projects' layouts.", no_args_is_help=True)
+    convert_app.command("ultraflux")(convert_ultraflux)
+    app.add_typer(convert_app, name="convert")

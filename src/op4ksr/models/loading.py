@@ -135,20 +135,21 @@ def refuse_pickles(directory: Path) -> None:
             )
 
 
-def read_state_dict(part_dir: Path, root: Path | None = None, part: str = "model") -> dict[str, torch.Tensor]:
-    """The safetensors state dict of one part, single-file or sharded; every file must lie in
-    ``root`` (default: ``part_dir``)."""
+def weight_files(part_dir: Path, root: Path | None = None, part: str = "model") -> tuple[list[Path], Path | None]:
+    """The safetensors files of one part (one file, or the shards its index lists) and the index
+    file (None for a single file); every file must lie in ``root`` (default: ``part_dir``)."""
     root = part_dir if root is None else root
     single, index = part_dir / WEIGHTS_NAME, part_dir / INDEX_NAME
     if single.is_file():
-        return _load_safetensors(contained_file(root, single, f"the {part} weights file"), part)
+        contained_file(root, single, f"the {part} weights file")
+        return [single], None
     if index.is_file():
         index_file = contained_file(root, index, f"the {part} shard index")
         try:
             shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise ModelLoadError(f"{index}: not a valid {INDEX_NAME} ({type(exc).__name__}: {exc})") from None
-        state: dict[str, torch.Tensor] = {}
+        files = []
         for shard in shards:
             if not isinstance(shard, str) or Path(shard).is_absolute() or "\0" in shard:
                 raise ModelLoadError(f"{index}: shard name {shard!r} is not a file name inside the folder; refused")
@@ -156,9 +157,38 @@ def read_state_dict(part_dir: Path, root: Path | None = None, part: str = "model
             contained_file(root, path, f"shard {shard!r} listed in {INDEX_NAME}")
             if not path.is_file():
                 raise ModelLoadError(f"{path}: shard listed in {INDEX_NAME} is missing")
-            state.update(_load_safetensors(path, part))
-        return state
+            files.append(path)
+        return files, index
     raise ModelLoadError(f"{part_dir}: no {WEIGHTS_NAME} (or sharded index) found")
+
+
+def read_state_dict(part_dir: Path, root: Path | None = None, part: str = "model") -> dict[str, torch.Tensor]:
+    """The safetensors state dict of one part, single-file or sharded; every file must lie in
+    ``root`` (default: ``part_dir``)."""
+    state: dict[str, torch.Tensor] = {}
+    for file in weight_files(part_dir, root, part)[0]:
+        state.update(_load_safetensors(file.resolve(), part))
+    return state
+
+
+def check_weights_match(part_dir: Path, part: str, expected: dict[str, tuple[int, ...]],
+                        found: dict[str, tuple[int, ...]]) -> None:
+    """ModelLoadError naming what is missing, unexpected or mis-shaped between the shapes a
+    part's config builds (``expected``) and those its weight files hold (``found``)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            k = mismatched[0]
+            details.append(f"{len(mismatched)} with wrong shape (e.g. {k}: file {tuple(found[k])} "
+                           f"vs config {tuple(expected[k])})")
+        raise ModelLoadError(f"{part_dir}: {part} weights do not match its config.json: " + "; ".join(details))
 
 
 def pipeline_parts(pipe: OP4KSRPipeline) -> dict[str, torch.nn.Module]:
@@ -180,7 +210,7 @@ def _optional_parts_in(directory: Path, index: dict) -> list[str]:
     return present
 
 
-def _read_config(part: str, part_dir: Path, cls, root: Path) -> dict:
+def read_part_config(part: str, part_dir: Path, cls, root: Path) -> dict:
     config_file = part_dir / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{part_dir}: the {part!r} part has no config.json")
@@ -203,26 +233,13 @@ def load_part(part: str, part_dir: Path, cls=None, config_overrides: dict | None
     file's tensor into the module (no second full copy from a later ``.to``)."""
     cls = cls or PART_CLASSES.get(part) or OPTIONAL_PART_CLASSES[part]
     root = part_dir if root is None else root
-    config = _read_config(part, part_dir, cls, root)
+    config = read_part_config(part, part_dir, cls, root)
     config.update(config_overrides or {})
     with torch.device("meta"):
         module = cls.from_config(config)
     state = read_state_dict(part_dir, root, part)
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if mismatched:
-            k = mismatched[0]
-            details.append(f"{len(mismatched)} with wrong shape (e.g. {k}: file {tuple(state[k].shape)} "
-                           f"vs config {tuple(expected[k].shape)})")
-        raise ModelLoadError(f"{part_dir}: {part} weights do not match its config.json: " + "; ".join(details))
+    check_weights_match(part_dir, part, {k: tuple(v.shape) for k, v in module.state_dict().items()},
+                        {k: tuple(v.shape) for k, v in state.items()})
     if device is not None or dtype is not None or channels_last:
         state = {k: _converted(v, device, dtype, channels_last) for k, v in state.items()}
     module.load_state_dict(state, strict=True, assign=True)
@@ -315,7 +332,7 @@ def meta_pipeline_from_dir(directory: str | Path) -> OP4KSRPipeline:
     parts = {}
     classes = {**PART_CLASSES, **{p: OPTIONAL_PART_CLASSES[p] for p in _optional_parts_in(directory, index)}}
     for part, cls in classes.items():
-        config = _read_config(part, directory / part, cls, directory)
+        config = read_part_config(part, directory / part, cls, directory)
         with torch.device("meta"):
             parts[part] = cls.from_config(config)
     options = _pipeline_options(index)

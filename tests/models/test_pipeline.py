@@ -115,3 +115,20 @@ def test_the_call_is_its_named_steps(tiny_pipeline):
         assert torch.equal(by_hand, tiny_pipeline(lr, color_fix=color_fix, grid_fix=grid_fix))
     with pytest.raises(ValueError, match="grid_fix"):
         tiny_pipeline(lr, grid_fix="blur")
+
+
+def test_mixed_part_dtypes_run_each_part_in_its_own_dtype(tiny_pipeline):
+    """A bf16 DiT beside an fp32 VAE (UltraFlux's storage; training's frozen bf16 DiT) runs: each
+    step casts to its part's dtype, and the result equals the fp32 pipeline with a bf16-rounded DiT
+    up to the DiT's bf16 arithmetic."""
+    import copy
+
+    lr = torch.rand(1, 3, 16, 24)
+    mixed = copy.deepcopy(tiny_pipeline)
+    mixed.transformer.to(torch.bfloat16)
+    reference = copy.deepcopy(mixed)
+    reference.transformer.to(torch.float32)  # the same (bf16-rounded) weights in fp32
+    out = mixed(lr)
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 64, 96) and torch.isfinite(out).all()
+    assert {p.dtype for p in mixed.vae.parameters()} == {torch.float32}
+    assert (out - reference(lr)).abs().max() < 0.05

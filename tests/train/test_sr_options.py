@@ -54,3 +54,26 @@ def test_sr_options_are_checked(tmp_path, photo_dir, tiny_init_dir):
         _config(tmp_path, photo_dir, tiny_init_dir, 'sr.rope_scaling="yarn"')
     with pytest.raises(ConfigError, match="sr.posterior"):
         _config(tmp_path, photo_dir, tiny_init_dir, 'sr.posterior="mean"')
+
+
+def test_sr_stage_keeps_a_bf16_stored_dit_in_bf16_and_trains_its_lora(tmp_path, photo_dir, tiny_pipeline):
+    import copy
+
+    init = tmp_path / "bf16-init"
+    pipe = copy.deepcopy(tiny_pipeline)
+    pipe.transformer.to(torch.bfloat16)  # as UltraFlux stores it (and `convert ultraflux` copies it)
+    pipe.save_pretrained(init)
+    stage = SRStage(_config(tmp_path, photo_dir, init))
+    frozen = {n: p for n, p in stage.transformer.named_parameters() if not p.requires_grad}
+    lora = {n: p for n, p in stage.transformer.named_parameters() if p.requires_grad}
+    assert frozen and lora
+    assert {p.dtype for p in frozen.values()} == {torch.bfloat16}
+    assert {p.dtype for p in stage.vae.parameters()} == {torch.float32}
+    batch = {"hr": torch.rand(1, 3, 64, 64), "lr": torch.rand(1, 3, 16, 16)}
+    loss, _ = stage(batch, torch.Generator().manual_seed(0))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for n, p in lora.items() if "lora_A" in n)
+    # an fp32-stored init, or the explicit choice, gives fp32
+    forced = SRStage(_config(tmp_path, photo_dir, init, 'sr.frozen_dit_dtype="fp32"'))
+    assert {p.dtype for p in forced.transformer.parameters()} == {torch.float32}

@@ -273,36 +273,64 @@ def _pipeline_options(index: dict) -> dict:
     return {k: index[k] for k in PIPELINE_OPTIONS if k in index}
 
 
+def stored_dtype(part_dir: Path, root: Path | None = None, part: str = "model") -> torch.dtype | None:
+    """The dtype a part's floating-point weights are stored in (from the safetensors header of its
+    first file; no tensor is read), or None when it holds none."""
+    from safetensors import safe_open
+
+    names = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+    file = weight_files(part_dir, root, part)[0][0]
+    try:
+        with safe_open(str(file.resolve()), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                dtype = names.get(handle.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ModelLoadError(f"{file}: the {part} weights are not a readable safetensors file ({one_line(exc)})") from None
+    return None
+
+
 def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
-    """Load an :class:`OP4KSRPipeline` saved with ``save_pretrained`` (safetensors only)."""
+                    dtype: str | torch.dtype | None = None,
+                    part_dtypes: dict[str, torch.dtype] | None = None) -> OP4KSRPipeline:
+    """Load an :class:`OP4KSRPipeline` saved with ``save_pretrained`` (safetensors only).
+
+    Every part is converted once, straight from the file, to ``dtype`` (one run dtype: fp32 on
+    CPU, bf16 on CUDA by default), except the parts ``part_dtypes`` names (training keeps a frozen
+    full-size DiT in bf16 beside an fp32 VAE: the pipeline's steps cast at each part's boundary)."""
     directory = Path(directory)
     index = _read_index(directory)
     refuse_pickles(directory)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    part_dtypes = part_dtypes or {}
     parts = {}
     for part in PART_CLASSES:
         if part not in index or not (directory / part).is_dir():
             raise ModelLoadError(f"{directory}: the {part!r} part is missing")
     for part in [*PART_CLASSES, *_optional_parts_in(directory, index)]:
-        parts[part] = load_part(part, directory / part, root=directory, device=device, dtype=dtype,
+        parts[part] = load_part(part, directory / part, root=directory, device=device,
+                                dtype=part_dtypes.get(part, dtype),
                                 channels_last=device.type == "cpu" and part in CHANNELS_LAST_PARTS)
     options = _pipeline_options(index)
     try:
         pipe = OP4KSRPipeline(**parts, **options)
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{directory / 'model_index.json'}: {exc}") from None
-    return move_pipeline(pipe, device, dtype)
+    return move_pipeline(pipe, device, dtype, part_dtypes)
 
 
 def move_pipeline(pipe: OP4KSRPipeline, device: str | torch.device = "auto",
-                  dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
-    """Put every part on ``device`` in ``dtype`` (``None``: fp32 on CPU, bf16/fp16 on accelerators)."""
+                  dtype: str | torch.dtype | None = None,
+                  part_dtypes: dict[str, torch.dtype] | None = None) -> OP4KSRPipeline:
+    """Put every part on ``device`` in one run ``dtype`` (``None``: fp32 on CPU, bf16/fp16 on
+    accelerators), whatever dtypes its parts were stored in; ``part_dtypes`` keeps named parts in another."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    for module in pipeline_parts(pipe).values():
-        module.to(device=device, dtype=dtype)  # a no-op for parts from_pretrained already placed
+    part_dtypes = part_dtypes or {}
+    for name, module in pipeline_parts(pipe).items():
+        module.to(device=device, dtype=part_dtypes.get(name, dtype))  # a no-op for parts already placed
     if device.type == "cpu":
         for name in CHANNELS_LAST_PARTS:
             module = getattr(pipe, name, None)
@@ -346,15 +374,21 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
 
 
 def load_ultraflux_parts(vae_dir: str | Path, transformer_dir: str | Path, prompt_file: str | Path, *,
-                         sigma: float = DEFAULT_SIGMA, rope_theta: float = OP4KSR_ROPE_THETA) -> OP4KSRPipeline:
+                         sigma: float = DEFAULT_SIGMA, rope_theta: float = OP4KSR_ROPE_THETA,
+                         device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
     """Assemble a pipeline from a real UltraFlux ``vae/`` and ``transformer/`` folder (unchanged
     diffusers layout) plus a safetensors file with ``prompt_embeds`` and ``pooled_prompt_embeds``.
-    The transformer gets RFR's θ (default 100) regardless of its YaRN settings."""
+    The transformer gets RFR's θ (default 100) and plain RoPE regardless of its YaRN settings
+    (``op4ksr convert ultraflux`` keeps them instead). UltraFlux stores its transformer in bf16
+    and its VAE in fp32: every part is cast to one run ``dtype`` (fp32 on CPU, bf16 on CUDA)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     vae_dir, transformer_dir = Path(vae_dir), Path(transformer_dir)
     for d in (vae_dir, transformer_dir):
         refuse_pickles(d)
-    vae = load_part("vae", vae_dir)
-    transformer = load_part("transformer", transformer_dir, config_overrides={"rope_theta": rope_theta})
+    vae = load_part("vae", vae_dir, device=device, dtype=dtype)
+    transformer = load_part("transformer", transformer_dir, config_overrides={"rope_theta": rope_theta},
+                            device=device, dtype=dtype)
     embeds = _load_safetensors(Path(prompt_file), "prompt embeddings")
     for key in ("prompt_embeds", "pooled_prompt_embeds"):
         if key not in embeds:
@@ -364,4 +398,4 @@ def load_ultraflux_parts(vae_dir: str | Path, transformer_dir: str | Path, promp
                                    pooled_projection_dim=pooled.shape[-1])
     prompt.load_state_dict({"prompt_embeds": pe.reshape(1, *pe.shape[-2:]),
                             "pooled_prompt_embeds": pooled.reshape(1, -1)})
-    return OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, sigma=sigma)
+    return move_pipeline(OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, sigma=sigma), device, dtype)

@@ -137,6 +137,7 @@ class OP4KSRPipeline(ConfigPipeline):
 
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
         """Images in [0,1] (already at the output size) → normalised latent (DiT space)."""
+        images01 = images01.to(self.vae.encoder.conv_in.weight.dtype)  # each part in its own dtype
         if self.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
             images01 = images01.contiguous(memory_format=torch.channels_last)
         return self.vae.normalize(self.vae.encode_mode(images01))
@@ -151,7 +152,9 @@ class OP4KSRPipeline(ConfigPipeline):
     def velocity(self, tokens: torch.Tensor, rows: int, cols: int, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
         """DiT velocity for packed tokens on a rows × cols grid (shared by inference and training)."""
         b = tokens.shape[0]
-        device, dtype = tokens.device, tokens.dtype
+        # the DiT's own dtype (a bf16 DiT beside an fp32 VAE); the velocity comes back in the tokens'
+        device, dtype, tokens_dtype = tokens.device, self.transformer.x_embedder.weight.dtype, tokens.dtype
+        tokens = tokens.to(dtype)
         sigma = self.sigma if sigma is None else sigma
         timestep = sigma if isinstance(sigma, torch.Tensor) else torch.full((b,), float(sigma), device=device)
         prompt_embeds, pooled = self.prompt(b)
@@ -167,7 +170,7 @@ class OP4KSRPipeline(ConfigPipeline):
             txt_ids=text_ids(prompt_embeds.shape[1], device=device),
             guidance=guidance,
             return_dict=False,
-        )[0]
+        )[0].to(tokens_dtype)
 
     def decode(self, z0: torch.Tensor, guide_image: torch.Tensor | None = None, fidelity: float | None = None,
                clamp: bool = True) -> torch.Tensor:
@@ -178,7 +181,7 @@ class OP4KSRPipeline(ConfigPipeline):
         model's). ``clamp=False`` keeps gradients of out-of-range values (training).
         """
         weight = self.fidelity if fidelity is None else check_fidelity(fidelity)
-        latents = self.vae.denormalize(z0)
+        latents = self.vae.denormalize(z0.to(self.vae.decoder.conv_in.weight.dtype))
         if self.compensation is None or guide_image is None or weight == 0.0:
             out = self.vae.decode_images(latents)
         else:

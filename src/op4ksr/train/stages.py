@@ -64,10 +64,25 @@ def sr_rope_scaling(sr) -> dict | None:
     return dict(ULTRAFLUX_ROPE_SCALING) if choice == "ultraflux" else None
 
 
-def _load_init(cfg: TrainConfig) -> OP4KSRPipeline:
+def frozen_dit_dtype(cfg: TrainConfig) -> torch.dtype:
+    """``sr.frozen_dit_dtype``: "auto" is the init model's stored transformer dtype when that is
+    bf16 (a converted UltraFlux), fp32 otherwise."""
+    choice = cfg.sr.frozen_dit_dtype
+    if choice == "auto":
+        from op4ksr.models.loading import stored_dtype
+
+        init = Path(cfg.model.init)
+        stored = stored_dtype(init / "transformer", init, "transformer")
+        return torch.bfloat16 if stored == torch.bfloat16 else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[choice]
+
+
+def _load_init(cfg: TrainConfig, part_dtypes: dict[str, torch.dtype] | None = None) -> OP4KSRPipeline:
+    """The init model in fp32, each part converted once straight from its file (``part_dtypes``
+    keeps named parts in another dtype)."""
     from op4ksr.models.loading import from_pretrained
 
-    return from_pretrained(cfg.model.init, device="cpu", dtype=torch.float32)
+    return from_pretrained(cfg.model.init, device="cpu", dtype=torch.float32, part_dtypes=part_dtypes)
 
 
 class Stage(nn.Module):
@@ -245,7 +260,7 @@ class SRStage(Stage):
         super().__init__()
         from op4ksr.models.lora import DIT_TARGETS, VAE_ENCODER_TARGETS, LoraSettings, add_lora
 
-        self.pipe = _load_init(cfg)
+        self.pipe = _load_init(cfg, {"transformer": frozen_dit_dtype(cfg)})
         self.posterior = cfg.sr.posterior
         if cfg.sr.sigma > 0:
             self.pipe.register_to_config(sigma=check_sigma(cfg.sr.sigma, what="sr.sigma"))

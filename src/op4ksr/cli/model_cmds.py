@@ -18,6 +18,9 @@ def info(
     dtype: str = typer.Option("auto", "--dtype", help="fp32, bf16 or fp16 (auto: bf16 for ultraflux, else fp32)."),
     batch: int = typer.Option(1, "--batch", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    train_crop: int = typer.Option(0, "--train-crop", min=0, help="Also estimate the sr training stage's memory "
+                                                                  "per GPU for HR crops of this size (0: off)."),
+    gpus: int = typer.Option(8, "--gpus", min=1, help="Processes (GPUs) for the training estimate's FSDP2 case."),
 ) -> None:
     """Show parameter counts, token grid, FLOPs and estimated peak memory, without loading weights."""
     import torch
@@ -41,8 +44,16 @@ def info(
         dtype = "bf16" if model == "ultraflux" else "fp32"
     torch_dtype = resolve_dtype(dtype, torch.device("cpu"))
     est = pipe.estimate(height, width, batch=batch, dtype=torch_dtype)
+    training = {}
+    if train_crop:
+        from op4ksr.models.planner import estimate_sr_training
+
+        # the frozen DiT in bf16 (train's sr.frozen_dit_dtype for a converted UltraFlux), checkpointing on
+        training = {name: estimate_sr_training(pipe, train_crop, batch=batch, processes=n, fsdp=n > 1)
+                    for name, n in (("one_gpu", 1), (f"fsdp_{gpus}_gpus", gpus))}
     if as_json:
-        typer.echo(json.dumps({"model": model, **est.as_dict()}, indent=2))
+        extra = {"training": {k: v.as_dict() for k, v in training.items()}} if training else {}
+        typer.echo(json.dumps({"model": model, **est.as_dict(), **extra}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -64,6 +75,11 @@ def info(
         ("  DiT stage", human_bytes(est.dit_bytes)),
         ("  decode stage", human_bytes(est.decode_bytes)),
     ]
+    for name, t in training.items():
+        where = "1 GPU" if t.processes == 1 else f"{t.processes} GPUs FSDP2"
+        rows.append((f"sr train {train_crop}², {where}",
+                     f"{human_bytes(t.per_gpu_bytes)}/GPU: frozen {human_bytes(t.frozen_bytes)}, LoRA+AdamW "
+                     f"{human_bytes(t.trainable_bytes)}, act. {human_bytes(t.activation_bytes)}"))
     for k, v in rows:
         table.add_row(k, v)
     Console(width=max(100, Console().width)).print(table)

@@ -142,6 +142,7 @@ def test_convert_hf_cache_snapshot_then_upscale_info_and_train_init(hub, tmp_pat
     assert vae_config["_class_name"] == "F16AutoencoderKL" and vae_config["partitioned_decode"] is True
     dit_config = json.loads((out / "transformer" / "config.json").read_text())
     assert dit_config["rope_theta"] == 10000.0 and dit_config["rope_scaling"] == ULTRAFLUX_ROPE_SCALING
+    assert json.loads((out / "model_index.json").read_text())["sigma"] == 0.505  # the ultraflux preset's
     record = json.loads((out / "conversion.json").read_text())
     assert record["prompt"] == S3DIFF_PROMPT and record["truncated"] == {"clip": False, "t5": False}
     assert json.loads((out / "prompt" / "config.json").read_text())["prompt"] == S3DIFF_PROMPT

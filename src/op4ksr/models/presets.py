@@ -69,7 +69,7 @@ register_preset(ModelPreset(
                      num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
                      guidance_embeds=True, axes_dims_rope=(16, 56, 56), rope_theta=OP4KSR_ROPE_THETA),
     prompt=dict(sequence_length=512, joint_attention_dim=4096, pooled_projection_dim=768),
-    # σ = 1 − t_mid with the paper's t_mid = 0.3 read literally (see models/flow.py).
+    # σ: OMGSR-F's SNR-matched mid timestep (models/constants.py; `op4ksr analyze mid-timestep`).
     pipeline=dict(sigma=DEFAULT_SIGMA, scale=4, guidance=1.0),
 ))
 

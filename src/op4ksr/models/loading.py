@@ -394,8 +394,14 @@ def load_ultraflux_parts(vae_dir: str | Path, transformer_dir: str | Path, promp
         if key not in embeds:
             raise ModelLoadError(f"{prompt_file}: missing tensor {key!r}")
     pe, pooled = embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
+    # the text the embeddings encode, when the file records it (safetensors metadata "prompt");
+    # None = not recorded (OMGSR-F encodes "", op4ksr's default is S3Diff's prompt)
+    from safetensors import safe_open
+
+    with safe_open(str(prompt_file), framework="pt") as handle:
+        text = (handle.metadata() or {}).get("prompt")
     prompt = FixedPromptEmbeddings(sequence_length=pe.shape[1], joint_attention_dim=pe.shape[2],
-                                   pooled_projection_dim=pooled.shape[-1])
+                                   pooled_projection_dim=pooled.shape[-1], prompt=text)
     prompt.load_state_dict({"prompt_embeds": pe.reshape(1, *pe.shape[-2:]),
                             "pooled_prompt_embeds": pooled.reshape(1, -1)})
     return move_pipeline(OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, sigma=sigma), device, dtype)

@@ -43,7 +43,7 @@ class TileConfig:
 
     tile: int = 128  # latent pixels
     overlap: int = 64
-    gaussian_sigma: float = 0.3  # of the tile size, for the blending weights
+    gaussian_sigma: float = 0.1  # of the tile size, for the blending weights (OMGSR's variance 0.01)
 
 
 class OP4KSRPipeline(ConfigPipeline):

@@ -219,3 +219,14 @@ def test_convert_refuses_existing_output_and_leaves_nothing_on_failure(hub, tmp_
     result = _convert(str(broken), "--out", str(out))
     assert result.exit_code != 0 and "transformer weights do not match its config.json" in result.output
     assert not out.exists()
+
+
+def test_a_prompt_longer_than_clip_takes_is_recorded_as_cut(hub, tmp_path):
+    long_prompt = ", ".join(["a photo of a cat on a mat"] * 12)
+    out = tmp_path / "long"
+    result = _convert(str(hub["snapshot"]), "--out", str(out), "--prompt", long_prompt)
+    assert result.exit_code == 0, result.output
+    assert "the CLIP tokenizer cut it" in result.output
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["truncated"] == {"clip": True, "t5": False}
+    assert record["prompt"] == long_prompt and len(record["encoded"]["clip"]) < len(long_prompt)

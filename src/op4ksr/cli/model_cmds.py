@@ -173,7 +173,8 @@ def convert_ultraflux(
     record = json.loads((result / "conversion.json").read_text())
     cut = [name for name, truncated in record["truncated"].items() if truncated]
     typer.echo(f"converted {snapshot} → {result} (prompt {record['prompt']!r}"
-               + (f"; cut to the {' and '.join(n.upper() for n in cut)} tokenizer's length" if cut else "") + ")")
+               + (f"; the {' and '.join(n.upper() for n in cut)} tokenizer{'s' if len(cut) > 1 else ''} cut it, "
+                  f"see conversion.json" if cut else "") + ")")
 
 
 def register(app: typer.Typer) -> None:

@@ -123,7 +123,8 @@ def encode_prompt(snapshot: Path, prompt: str, *, max_sequence_length: int = T5_
     """Flux's fixed-prompt embeddings from the snapshot's own text encoders.
 
     Returns ``prompt_embeds`` [1, max_sequence_length, T5 width], ``pooled_prompt_embeds``
-    [1, CLIP width] (float32) and, per encoder, whether its tokenizer cut the prompt.
+    [1, CLIP width] (float32) and, per encoder, whether its tokenizer cut the prompt
+    (``truncated``) and the text its kept tokens decode to (``encoded``).
     """
     for name, folders in TEXT_PARTS.items():  # all present before anything is loaded
         for folder in (snapshot / sub for sub in folders):
@@ -157,6 +158,7 @@ def _encode_prompt(transformers, snapshot: Path, prompt: str, max_sequence_lengt
         length = length or tokenizer.model_max_length
         ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
         out["truncated"][name] = len(tokenizer(prompt, truncation=False).input_ids) > length
+        out.setdefault("encoded", {})[name] = tokenizer.decode(ids[0], skip_special_tokens=True)
         with torch.inference_mode():
             result = model(ids.to(device), output_hidden_states=False)
         if name == "clip":
@@ -214,7 +216,7 @@ def convert_ultraflux(snapshot: str | Path, out: str | Path, *, transformer: str
         pipe.save_index(staging)
         record = {
             "source": str(snapshot), "transformer": str(transformer_dir), "prompt": prompt,
-            "truncated": embeds["truncated"], "max_sequence_length": max_sequence_length,
+            "truncated": embeds["truncated"], "encoded": embeds["encoded"], "max_sequence_length": max_sequence_length,
             "text_encoders": {name: parts[0] for name, parts in TEXT_PARTS.items()},
         }
         (staging / CONVERSION_RECORD).write_text(json.dumps(record, indent=1) + "\n")

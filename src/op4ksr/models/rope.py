@@ -81,6 +81,14 @@ def check_rope_scaling(scaling: Mapping | None) -> dict | None:
     merged = {**ULTRAFLUX_ROPE_SCALING, **scaling}
     if not (isinstance(merged["base_tokens"], int) and merged["base_tokens"] > 0):
         raise ValueError(f"rope_scaling base_tokens must be a positive integer, got {merged['base_tokens']!r}")
+    for band in ("beta", "gamma"):
+        value = merged[band]
+        if not (isinstance(value, (list, tuple)) and len(value) == 2
+                and all(isinstance(v, (int, float)) and v > 0 for v in value)):
+            raise ValueError(f"rope_scaling {band} must be two positive numbers of rotations, got {value!r}")
+    for key in ("mscale", "resonance_min_rotations"):
+        if not isinstance(merged[key], (int, float)) or isinstance(merged[key], bool):
+            raise ValueError(f"rope_scaling {key} must be a number, got {merged[key]!r}")
     return merged
 
 

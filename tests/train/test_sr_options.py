@@ -77,3 +77,12 @@ def test_sr_stage_keeps_a_bf16_stored_dit_in_bf16_and_trains_its_lora(tmp_path, 
     # an fp32-stored init, or the explicit choice, gives fp32
     forced = SRStage(_config(tmp_path, photo_dir, init, 'sr.frozen_dit_dtype="fp32"'))
     assert {p.dtype for p in forced.transformer.parameters()} == {torch.float32}
+
+
+def test_the_ultraflux_sr_config_is_valid(tmp_path, photo_dir, tiny_init_dir):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "ultraflux-sr.toml"
+    cfg = load_config(config, [f'data.train=["{photo_dir}"]', f'data.val=["{photo_dir}"]', f'model.init="{tiny_init_dir}"'])
+    assert cfg.model.preset == "ultraflux" and cfg.run.fsdp and cfg.run.mixed_precision == "bf16"
+    assert cfg.sr.rope_theta == 100.0 and cfg.sr.rope_scaling == "auto" and cfg.sr.frozen_dit_dtype == "auto"

@@ -172,6 +172,7 @@ def test_convert_hf_cache_snapshot_then_upscale_info_and_train_init(hub, tmp_pat
     info = CliRunner().invoke(app, ["info", str(out), "--size", "512x512", "--json"])
     assert info.exit_code == 0, info.output
     assert json.loads(info.output)["text_tokens"] == 512
+    assert json.loads(info.output)["dtype"] == "bfloat16"  # its DiT is stored in bf16
     assert meta_pipeline_from_dir(out).vae.decoder.partitioned
     from op4ksr.train.config import load_config
     from op4ksr.train.stages import SRStage

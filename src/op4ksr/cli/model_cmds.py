@@ -15,7 +15,8 @@ from op4ksr.cli.common import fail, parse_size
 def info(
     model: str = typer.Argument("compact", help="Preset name (ultraflux, compact, tiny) or model directory."),
     size: str = typer.Option("4096x4096", "--size", help="Output size WxH."),
-    dtype: str = typer.Option("auto", "--dtype", help="fp32, bf16 or fp16 (auto: bf16 for ultraflux, else fp32)."),
+    dtype: str = typer.Option("auto", "--dtype", help="fp32, bf16 or fp16 (auto: bf16 for ultraflux and for a "
+                                                      "folder whose DiT is stored in bf16, else fp32)."),
     batch: int = typer.Option(1, "--batch", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     train_crop: int = typer.Option(0, "--train-crop", min=0, help="Also estimate the sr training stage's memory "
@@ -25,15 +26,17 @@ def info(
     """Show parameter counts, token grid, FLOPs and estimated peak memory, without loading weights."""
     import torch
 
-    from op4ksr.models.loading import ModelLoadError, meta_pipeline_from_dir
+    from op4ksr.models.loading import ModelLoadError, meta_pipeline_from_dir, stored_dtype
     from op4ksr.models.planner import human_bytes
     from op4ksr.models.presets import build_pipeline, list_presets
     from op4ksr.utils.device import resolve_dtype
 
     width, height = parse_size(size)
+    stored = None
     try:
         if Path(model).is_dir():
             pipe = meta_pipeline_from_dir(model)
+            stored = stored_dtype(Path(model) / "transformer", Path(model), "transformer")
         elif model in list_presets():
             pipe = build_pipeline(model, device="meta", seed=None)
         else:
@@ -41,7 +44,7 @@ def info(
     except ModelLoadError as exc:
         fail(str(exc))
     if dtype == "auto":
-        dtype = "bf16" if model == "ultraflux" else "fp32"
+        dtype = "bf16" if model == "ultraflux" or stored == torch.bfloat16 else "fp32"
     torch_dtype = resolve_dtype(dtype, torch.device("cpu"))
     est = pipe.estimate(height, width, batch=batch, dtype=torch_dtype)
     training = {}

@@ -184,7 +184,11 @@ def convert_ultraflux(snapshot: str | Path, out: str | Path, *, transformer: str
     if out.exists():
         raise FileExistsError(f"{out}: exists; choose a new folder")
     transformer_root = snapshot_folder(transformer) if transformer is not None else snapshot
-    transformer_dir = transformer_root if transformer is not None else snapshot / "transformer"
+    transformer_dir = snapshot / "transformer"
+    if transformer is not None:  # the v1.1 repository keeps its files at the root; accept a transformer/ too
+        nested = transformer_root / "transformer"
+        transformer_dir = nested if not (transformer_root / "config.json").is_file() and nested.is_dir() \
+            else transformer_root
 
     vae, vae_files, vae_index = _checked_part("vae", snapshot / "vae", snapshot, F16AutoencoderKL)
     dit_config = read_part_config("transformer", transformer_dir, OP4KSRTransformer, transformer_root) \

@@ -131,15 +131,19 @@ def encode_prompt(snapshot: Path, prompt: str, *, max_sequence_length: int = T5_
             if not folder.is_dir():
                 raise ModelLoadError(f"{folder}: missing; the fixed prompt is encoded with the snapshot's own "
                                      f"{name.upper()} text encoder and tokenizer")
-            refuse_pickles(folder)
+    # The text encoders are read with use_safetensors=True (a pickle beside them is never opened)
+    # and local_files_only=True (no hub access); nothing of them is copied into the model folder.
     transformers = _transformers()
-    progress_bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()  # the library never prints
+    hf_logging = transformers.utils.logging
+    progress_bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()  # the library never prints: no bars, no "sequence too long" warning
+    hf_logging.set_verbosity_error()  # (a cut prompt is reported in the result instead)
     try:
         return _encode_prompt(transformers, snapshot, prompt, max_sequence_length, device, dtype)
     finally:
+        hf_logging.set_verbosity(verbosity)
         if progress_bars:
-            transformers.utils.logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()
 
 
 def _encode_prompt(transformers, snapshot: Path, prompt: str, max_sequence_length: int, device, dtype) -> dict:

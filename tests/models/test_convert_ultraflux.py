@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from doubles import hf_cache_snapshot
 from PIL import Image
 from typer.testing import CliRunner
 
-from doubles import hf_cache_snapshot
 from op4ksr.cli import app
 from op4ksr.models.loading import from_pretrained, meta_pipeline_from_dir
 from op4ksr.models.prompt import S3DIFF_PROMPT

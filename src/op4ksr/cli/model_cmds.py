@@ -78,11 +78,11 @@ def info(
         ("  DiT stage", human_bytes(est.dit_bytes)),
         ("  decode stage", human_bytes(est.decode_bytes)),
     ]
-    for name, t in training.items():
+    for t in training.values():
         where = "1 GPU" if t.processes == 1 else f"{t.processes} GPUs FSDP2"
-        rows.append((f"sr train {train_crop}², {where}",
-                     f"{human_bytes(t.per_gpu_bytes)}/GPU: frozen {human_bytes(t.frozen_bytes)}, LoRA+AdamW "
-                     f"{human_bytes(t.trainable_bytes)}, act. {human_bytes(t.activation_bytes)}"))
+        parts = (f"{human_bytes(t.per_gpu_bytes)}/GPU: frozen {human_bytes(t.frozen_bytes)}, "
+                 f"LoRA+AdamW {human_bytes(t.trainable_bytes)}, act. {human_bytes(t.activation_bytes)}")
+        rows.append((f"sr train {train_crop}², {where}", parts))
     for k, v in rows:
         table.add_row(k, v)
     Console(width=max(100, Console().width)).print(table)

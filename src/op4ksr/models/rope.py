@@ -205,15 +205,15 @@ class RescaledRoPE(nn.Module):
         return value
 
 
-_KEEP = object()
+KEEP_SCALING = object()  # set_rope_theta without a scaling argument keeps the module's
 
 
-def set_rope_theta(transformer: nn.Module, theta: float, scaling: Mapping | None = _KEEP) -> RescaledRoPE:  # type: ignore[assignment]
+def set_rope_theta(transformer: nn.Module, theta: float, scaling: Mapping | None = KEEP_SCALING) -> RescaledRoPE:  # type: ignore[assignment]
     """Replace ``transformer.pos_embed`` (ours or diffusers' ``FluxPosEmbed``) by a
     :class:`RescaledRoPE` with base ``theta`` and ``scaling`` (default: the old module's, plain
     for diffusers')."""
     old = transformer.pos_embed
-    if scaling is _KEEP:
+    if scaling is KEEP_SCALING:
         scaling = getattr(old, "scaling", None)
     module = RescaledRoPE(theta, list(old.axes_dim), scaling)
     transformer.pos_embed = module

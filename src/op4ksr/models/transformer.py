@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from op4ksr.models.modeling import ConfigModel, maybe_checkpoint, register_to_config
-from op4ksr.models.rope import _KEEP, OP4KSR_ROPE_THETA, RescaledRoPE, check_rope_scaling, set_rope_theta
+from op4ksr.models.rope import KEEP_SCALING, OP4KSR_ROPE_THETA, RescaledRoPE, check_rope_scaling, set_rope_theta
 
 logger = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ class OP4KSRTransformer(ConfigModel):
 
         self.gradient_checkpointing = False  # per-block recomputation (enable_gradient_checkpointing)
 
-    def set_rope_theta(self, theta: float, rope_scaling: dict | None = _KEEP) -> None:  # type: ignore[assignment]
+    def set_rope_theta(self, theta: float, rope_scaling: dict | None = KEEP_SCALING) -> None:  # type: ignore[assignment]
         """Change θ (and, when given, ``rope_scaling``; None = plain) in place, module and config,
         e.g. for RFR or the θ = 10000 ablation."""
         module = set_rope_theta(self, theta, rope_scaling)

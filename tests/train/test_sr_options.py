@@ -86,3 +86,46 @@ def test_the_ultraflux_sr_config_is_valid(tmp_path, photo_dir, tiny_init_dir):
     cfg = load_config(config, [f'data.train=["{photo_dir}"]', f'data.val=["{photo_dir}"]', f'model.init="{tiny_init_dir}"'])
     assert cfg.model.preset == "ultraflux" and cfg.run.fsdp and cfg.run.mixed_precision == "bf16"
     assert cfg.sr.rope_theta == 100.0 and cfg.sr.rope_scaling == "auto" and cfg.sr.frozen_dit_dtype == "auto"
+
+
+@pytest.mark.slow
+def test_training_from_a_bf16_dit_checkpoints_resumes_and_exports_bf16(tmp_path, photo_dir, tiny_pipeline):
+    """A short sr run from a bf16-stored DiT: the frozen DiT stays bf16 through checkpoints,
+    resume and export (the exported transformer is stored in bf16 and reloads)."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    from op4ksr.models.loading import from_pretrained, stored_dtype
+    from op4ksr.train.trainer import train
+
+    init = tmp_path / "bf16-init"
+    pipe = copy.deepcopy(tiny_pipeline)
+    pipe.transformer.to(torch.bfloat16)
+    pipe.save_pretrained(init)
+
+    def config(out):
+        return load_config(None, [
+            'stage="sr"', 'model.preset="tiny"', f'model.init="{init}"',
+            f'data.train=["{photo_dir / "astronaut.png"}"]', "data.crop_size=64", f'run.output_dir="{out}"',
+            "run.max_steps=4", "run.checkpoint_every=2", "run.validate_every=1000", "run.log_every=1",
+            "optim.lr=2e-3", "optim.warmup_steps=1", "optim.batch_size=1", "loss.mse=1.0", "loss.vae_align=5.0",
+            "sr.lora_rank=2", "sr.lora_alpha=2", "sr.compensation=false",
+        ])
+
+    full = train(config(tmp_path / "full"))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in full.history)
+    part = train(config(tmp_path / "resumed"), stop_at_step=2)
+    assert part.interrupted
+    rest = train(config(tmp_path / "resumed"), resume=True)
+    assert rest.final_step == 4
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "step-0000004" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step-0000004" / "model.safetensors"))
+    assert a.keys() == b.keys() and any("lora_" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    model = full.model_dir
+    assert stored_dtype(model / "transformer", model, "transformer") == torch.bfloat16
+    exported = from_pretrained(model)
+    assert not any("lora" in n for n, _ in exported.transformer.named_parameters())
+    assert exported(torch.rand(1, 3, 16, 16)).shape == (1, 3, 64, 64)

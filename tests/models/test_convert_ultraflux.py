@@ -231,3 +231,27 @@ def test_a_prompt_longer_than_clip_takes_is_recorded_as_cut(hub, tmp_path):
     record = json.loads((out / "conversion.json").read_text())
     assert record["truncated"] == {"clip": True, "t5": False}
     assert record["prompt"] == long_prompt and len(record["encoded"]["clip"]) < len(long_prompt)
+
+
+def test_a_failure_while_writing_leaves_no_folder_behind(hub, tmp_path, monkeypatch):
+    import shutil
+
+    from op4ksr.models import convert
+
+    copies = []
+
+    def failing_copy(src, dst):
+        copies.append(dst)
+        if len(copies) % 4 == 3:  # in the middle of the transformer's shards
+            raise OSError(28, "No space left on device")
+        return shutil.copyfile(src, dst)
+
+    monkeypatch.setattr(convert.shutil, "copyfile", failing_copy)
+    out = tmp_path / "models" / "uf"
+    with pytest.raises(OSError, match="No space left"):
+        convert.convert_ultraflux(hub["snapshot"], out)
+    assert not out.exists() and list((tmp_path / "models").iterdir()) == []
+    # the CLI: one line, non-zero exit
+    result = _convert(str(hub["snapshot"]), "--out", str(out))
+    assert result.exit_code != 0 and "No space left" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()

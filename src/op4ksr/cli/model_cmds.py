@@ -163,7 +163,7 @@ def convert_ultraflux(
     from op4ksr.models.convert import convert_ultraflux as convert
     from op4ksr.models.prompt import S3DIFF_PROMPT
     from op4ksr.utils.device import resolve_device, resolve_dtype
-    from op4ksr.utils.errors import ModelLoadError
+    from op4ksr.utils.errors import ModelLoadError, one_line
 
     if out.exists():
         fail(f"{out}: exists; choose a new folder (nothing was converted)")
@@ -173,6 +173,8 @@ def convert_ultraflux(
                          device=run_device, text_dtype=resolve_dtype(None, run_device))
     except (ModelLoadError, FileExistsError) as exc:
         fail(str(exc))
+    except OSError as exc:  # writing the folder (disk full, permissions): nothing was left behind
+        fail(f"{out}: not written ({one_line(exc)})")
     record = json.loads((result / "conversion.json").read_text())
     cut = [name for name, truncated in record["truncated"].items() if truncated]
     typer.echo(f"converted {snapshot} → {result} (prompt {record['prompt']!r}"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -180,8 +181,8 @@ def convert_ultraflux(snapshot: str | Path, out: str | Path, *, transformer: str
 
     ``transformer``: another transformer folder (e.g. the v1.1 repository's snapshot, files at
     its root) instead of the snapshot's ``transformer/``. The pipeline options (σ, scale,
-    guidance) are the ``ultraflux`` preset's. Everything is written to ``out.partial`` first and
-    renamed at the end: a failed conversion leaves no model folder behind.
+    guidance) are the ``ultraflux`` preset's. Everything is written to a staging folder beside
+    ``out`` and renamed at the end: a failed conversion leaves no model folder behind.
     """
     snapshot = snapshot_folder(snapshot)
     out = Path(out)
@@ -212,9 +213,10 @@ def convert_ultraflux(snapshot: str | Path, out: str | Path, *, transformer: str
                                   pooled_projection_dim=pooled.shape[-1], prompt=prompt)
     fixed.load_state_dict({"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled})
 
-    staging = out.with_name(out.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh staging folder beside the target (same file system for the final rename; nothing
+    # that already exists is touched)
+    staging = Path(tempfile.mkdtemp(prefix=f"{out.name}.", suffix=".partial", dir=out.parent))
     try:
         _copy_part(vae, vae_files, vae_index, staging / "vae")
         _copy_part(dit, dit_files, dit_index, staging / "transformer")

@@ -6,7 +6,8 @@ shipped in the wheel.
 :class:`InterpolationPipeline` honours the ``OP4KSRPipeline`` contract (``pipe(images,
 tiled=False)``, ``scale``, ``device``, ``dtype``, ``check_fits``, ``to``) with a plain
 bicubic resize, so file handling can be tested fast and exactly. ``write_bad_files`` makes
-the damaged inputs a batch must survive. Not for real upscaling.
+the damaged inputs a batch must survive; ``hf_cache_snapshot`` lays a folder out as the
+Hugging Face cache does (symlinks into blobs/). Not for real upscaling.
 """
 
 from __future__ import annotations
@@ -98,3 +99,27 @@ def write_bad_files(folder: Path) -> dict[str, str]:
         "huge.png": "exceeds the limit",
         "zero.png": "zero-sized",
     }
+
+
+def hf_cache_snapshot(source: Path, cache: Path, repo_id: str, revision: str = "0" * 40) -> Path:
+    """Store the files of folder ``source`` as the Hugging Face cache does: each file's bytes in
+    ``models--OWNER--NAME/blobs/<sha256>``, and ``snapshots/<revision>/<path>`` a relative symlink
+    to it. Returns the snapshot folder."""
+    import hashlib
+    import os
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / revision
+    blobs.mkdir(parents=True, exist_ok=True)
+    for file in sorted(p for p in Path(source).rglob("*") if p.is_file()):
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        blob = blobs / digest
+        if not blob.exists():
+            shutil.copyfile(file, blob)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot

@@ -57,3 +57,41 @@ def test_export_sets_the_default_post_steps(tiny_model_dir, tmp_path, flag, key,
     bad_run = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "x"), flag, bad])
     assert bad_run.exit_code != 0 and choices in bad_run.output
     assert not (tmp_path / "x").exists()
+
+
+def test_lora_parameter_count_equals_peft(tiny_pipeline):
+    from op4ksr.models.lora import DIT_TARGETS, VAE_ENCODER_TARGETS, LoraSettings, add_lora
+    from op4ksr.models.planner import lora_parameter_count
+
+    for part, targets in (("transformer", DIT_TARGETS), ("vae", VAE_ENCODER_TARGETS)):
+        module = getattr(tiny_pipeline, part)
+        predicted = lora_parameter_count(module, targets, 3)
+        add_lora(module, targets, LoraSettings(rank=3, alpha=3))
+        actual = sum(p.numel() for n, p in module.named_parameters() if "lora_" in n)
+        assert predicted == actual > 0
+
+
+def test_sr_training_estimate_for_the_full_size_model():
+    import torch
+
+    from op4ksr.models.planner import estimate_sr_training
+    from op4ksr.models.presets import build_pipeline
+
+    pipe = build_pipeline("ultraflux", device="meta", seed=None)
+    dit = sum(p.numel() for p in pipe.transformer.parameters())
+    one = estimate_sr_training(pipe, 1024)
+    fp32 = estimate_sr_training(pipe, 1024, dit_dtype=torch.float32)
+    assert fp32.frozen_bytes - one.frozen_bytes == 2 * dit  # bf16 halves the frozen DiT: 23.8 GB instead of 47.6
+    assert abs(2 * dit / 1e9 - 23.8) < 0.2
+    sharded = estimate_sr_training(pipe, 1024, processes=8, fsdp=True)
+    assert sharded.trainable_bytes * 8 <= one.trainable_bytes < sharded.trainable_bytes * 8 + 8
+    assert one.per_gpu_bytes > 24e9 > sharded.per_gpu_bytes
+    assert sharded.activation_bytes == one.activation_bytes  # FSDP shards weights, not activations
+    no_ckpt = estimate_sr_training(pipe, 1024, gradient_checkpointing=False)
+    assert no_ckpt.activation_bytes > one.activation_bytes
+    assert estimate_sr_training(pipe, 2048).activation_bytes > one.activation_bytes
+    info = CliRunner().invoke(app, ["info", "ultraflux", "--train-crop", "1024", "--gpus", "8", "--json"])
+    assert info.exit_code == 0, info.output
+    training = json.loads(info.output)["training"]
+    assert training["one_gpu"]["per_gpu_bytes"] == one.per_gpu_bytes
+    assert training["fsdp_8_gpus"]["per_gpu_bytes"] == sharded.per_gpu_bytes

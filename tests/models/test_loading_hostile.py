@@ -5,6 +5,8 @@ import shutil
 import time
 
 import pytest
+import torch
+from doubles import hf_cache_snapshot
 
 from op4ksr.models.loading import ModelLoadError, from_pretrained, meta_pipeline_from_dir
 
@@ -90,4 +92,45 @@ def test_bad_model_index_is_one_line(model_dir):
 def test_bad_config_json_names_the_part(model_dir):
     (model_dir / "prompt" / "config.json").write_text("{")
     with pytest.raises(ModelLoadError, match="prompt.*config.json: not a valid prompt config.json"):
+        from_pretrained(model_dir)
+
+
+# ------------------------------------------------------------------ the Hugging Face cache layout
+
+
+def test_hf_cache_snapshot_with_links_into_its_own_blobs_loads(model_dir, tmp_path, tiny_pipeline):
+    snapshot = hf_cache_snapshot(model_dir, tmp_path / "hub", "Owen777/UltraFlux-v1")
+    weights = snapshot / "vae" / WEIGHTS
+    assert weights.is_symlink() and weights.resolve().parent.name == "blobs"
+    pipe = from_pretrained(snapshot)
+    for k, v in tiny_pipeline.vae.state_dict().items():
+        assert torch.equal(pipe.vae.state_dict()[k], v)
+
+
+def test_hf_cache_link_into_another_repos_blobs_is_refused(model_dir, tmp_path):
+    snapshot = hf_cache_snapshot(model_dir, tmp_path / "hub", "Owen777/UltraFlux-v1")
+    other = hf_cache_snapshot(model_dir, tmp_path / "hub", "someone/other")
+    weights = snapshot / "vae" / WEIGHTS
+    weights.unlink()
+    weights.symlink_to((other / "vae" / WEIGHTS).resolve())
+    with pytest.raises(ModelLoadError, match="the vae weights file resolves outside the model folder"):
+        from_pretrained(snapshot)
+
+
+def test_hf_cache_link_to_etc_is_refused(model_dir, tmp_path):
+    snapshot = hf_cache_snapshot(model_dir, tmp_path / "hub", "Owen777/UltraFlux-v1")
+    config = snapshot / "vae" / "config.json"
+    config.unlink()
+    config.symlink_to("/etc/passwd")
+    with pytest.raises(ModelLoadError, match="the vae config resolves outside the model folder"):
+        from_pretrained(snapshot)
+
+
+def test_folder_named_blobs_outside_a_cache_repo_gives_no_exemption(model_dir, tmp_path):
+    # a plain folder (not models--*/snapshots/<rev>) with a sibling blobs/: still refused
+    (tmp_path / "blobs").mkdir()
+    weights = model_dir / "vae" / WEIGHTS
+    shutil.move(weights, tmp_path / "blobs" / "x")
+    weights.symlink_to(tmp_path / "blobs" / "x")
+    with pytest.raises(ModelLoadError, match="resolves outside the model folder"):
         from_pretrained(model_dir)

@@ -30,3 +30,20 @@ def test_one_step_recovers_x0_from_exact_velocity():
     zs = noisy_latent(z0, eps, sig)
     torch.testing.assert_close(zs[1], 0.1 * z0[1] + 0.9 * eps[1])
     assert paper_t_to_sigma(0.3) == 0.7
+
+
+def test_ultraflux_preset_sigma_is_omgsr_f_not_the_literal_paper_t():
+    """The full-size preset's σ is OMGSR-F's SNR-matched 0.505, not 1 − 0.3; and the SNR rule
+    (`op4ksr analyze mid-timestep`) recovers σ from an LR latent whose SNR is that of z_σ."""
+    import numpy as np
+
+    from op4ksr.eval.diagnostics.mid_timestep import snr_gap
+    from op4ksr.models.constants import DEFAULT_SIGMA
+    from op4ksr.models.presets import get_preset
+
+    assert get_preset("ultraflux").pipeline["sigma"] == DEFAULT_SIGMA == 0.505
+    assert DEFAULT_SIGMA != paper_t_to_sigma(0.3)
+    sigmas = np.linspace(0.01, 0.99, 99)
+    hr_power = np.array([0.8, 1.2])
+    snr_lr = (1 - 0.505) ** 2 / 0.505**2 * hr_power  # E(LR) as noisy as z_0.505
+    assert abs(sigmas[int(np.argmin(snr_gap(sigmas, hr_power, snr_lr)))] - 0.505) <= 0.005 + 1e-9

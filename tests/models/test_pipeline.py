@@ -115,3 +115,36 @@ def test_the_call_is_its_named_steps(tiny_pipeline):
         assert torch.equal(by_hand, tiny_pipeline(lr, color_fix=color_fix, grid_fix=grid_fix))
     with pytest.raises(ValueError, match="grid_fix"):
         tiny_pipeline(lr, grid_fix="blur")
+
+
+def test_mixed_part_dtypes_run_each_part_in_its_own_dtype(tiny_pipeline):
+    """A bf16 DiT beside an fp32 VAE (UltraFlux's storage; training's frozen bf16 DiT) runs: each
+    step casts to its part's dtype, and the result equals the fp32 pipeline with a bf16-rounded DiT
+    up to the DiT's bf16 arithmetic."""
+    import copy
+
+    lr = torch.rand(1, 3, 16, 24)
+    mixed = copy.deepcopy(tiny_pipeline)
+    mixed.transformer.to(torch.bfloat16)
+    reference = copy.deepcopy(mixed)
+    reference.transformer.to(torch.float32)  # the same (bf16-rounded) weights in fp32
+    out = mixed(lr)
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 64, 96) and torch.isfinite(out).all()
+    assert {p.dtype for p in mixed.vae.parameters()} == {torch.float32}
+    assert (out - reference(lr)).abs().max() < 0.05
+
+
+def test_tiled_baseline_blends_with_omgsr_gaussian():
+    """OMGSR's tile weights: exp(−(x − mid)² / (2·0.01·W²)), i.e. σ = 0.1 of the tile."""
+    import math
+
+    from op4ksr.models.pipeline import _gaussian_window
+
+    tiles = TileConfig()
+    assert tiles.gaussian_sigma == 0.1
+    size = 64
+    window = _gaussian_window(size, tiles.gaussian_sigma, torch.device("cpu"), torch.float64)[0, 0]
+    mid = (size - 1) / 2
+    for y, x in ((0, 0), (10, 40), (31, 32)):
+        expected = math.exp(-((y - mid) ** 2) / (2 * 0.01 * size**2)) * math.exp(-((x - mid) ** 2) / (2 * 0.01 * size**2))
+        assert math.isclose(float(window[y, x]), expected, rel_tol=1e-6)

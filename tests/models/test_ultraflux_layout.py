@@ -61,3 +61,28 @@ def test_missing_prompt_tensor_is_named(tmp_path: Path) -> None:
     prompt.write_bytes(b"not safetensors")
     with pytest.raises(ModelLoadError, match="prompt_embeds.safetensors"):
         load_ultraflux_parts(vae_dir, dit_dir, prompt)
+
+
+def test_bf16_transformer_beside_fp32_vae_gets_one_run_dtype(tmp_path: Path) -> None:
+    """UltraFlux's transformer shards are bf16, its VAE fp32: every part is cast to one run dtype."""
+    vae_dir, dit_dir, prompt, _, dit = _stock_parts(tmp_path)
+    dit.to(torch.bfloat16).save_pretrained(dit_dir)
+    pipe = load_ultraflux_parts(vae_dir, dit_dir, prompt, sigma=0.5)
+    dtypes = {p.dtype for part in (pipe.vae, pipe.transformer, pipe.prompt) for p in part.parameters()}
+    assert dtypes == {torch.float32}  # fp32 on the CPU
+    assert torch.equal(pipe.transformer.x_embedder.weight, dit.x_embedder.weight.float())
+    out = pipe(torch.rand(1, 3, 16, 24))
+    assert out.shape == (1, 3, 64, 96) and torch.isfinite(out).all()
+    bf16 = load_ultraflux_parts(vae_dir, dit_dir, prompt, sigma=0.5, dtype=torch.bfloat16)
+    assert {p.dtype for p in bf16.vae.parameters()} == {torch.bfloat16}
+
+
+def test_the_encoded_prompt_is_recorded_with_the_embeddings(tmp_path: Path) -> None:
+    vae_dir, dit_dir, prompt, _, _ = _stock_parts(tmp_path)
+    assert load_ultraflux_parts(vae_dir, dit_dir, prompt).prompt.config.prompt is None  # not recorded: unknown
+    save_file({"prompt_embeds": torch.randn(1, 5, 24), "pooled_prompt_embeds": torch.randn(1, 12)}, str(prompt),
+              metadata={"prompt": ""})  # OMGSR-F's empty prompt
+    pipe = load_ultraflux_parts(vae_dir, dit_dir, prompt)
+    assert pipe.prompt.config.prompt == ""
+    pipe.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "prompt" / "config.json").read_text())["prompt"] == ""

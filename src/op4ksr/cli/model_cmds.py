@@ -1,4 +1,6 @@
-"""`op4ksr info`: parameter counts, token grid, FLOPs and peak-memory estimate for an output size."""
+"""`op4ksr info` (parameter counts, token grid, FLOPs and peak-memory estimate for an output size),
+`op4ksr export` (a model folder in another storage dtype) and `op4ksr convert ultraflux` (a
+downloaded UltraFlux snapshot → an op4ksr model folder)."""
 
 from __future__ import annotations
 
@@ -13,22 +15,28 @@ from op4ksr.cli.common import fail, parse_size
 def info(
     model: str = typer.Argument("compact", help="Preset name (ultraflux, compact, tiny) or model directory."),
     size: str = typer.Option("4096x4096", "--size", help="Output size WxH."),
-    dtype: str = typer.Option("auto", "--dtype", help="fp32, bf16 or fp16 (auto: bf16 for ultraflux, else fp32)."),
+    dtype: str = typer.Option("auto", "--dtype", help="fp32, bf16 or fp16 (auto: bf16 for ultraflux and for a "
+                                                      "folder whose DiT is stored in bf16, else fp32)."),
     batch: int = typer.Option(1, "--batch", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    train_crop: int = typer.Option(0, "--train-crop", min=0, help="Also estimate the sr training stage's memory "
+                                                                  "per GPU for HR crops of this size (0: off)."),
+    gpus: int = typer.Option(8, "--gpus", min=1, help="Processes (GPUs) for the training estimate's FSDP2 case."),
 ) -> None:
     """Show parameter counts, token grid, FLOPs and estimated peak memory, without loading weights."""
     import torch
 
-    from op4ksr.models.loading import ModelLoadError, meta_pipeline_from_dir
+    from op4ksr.models.loading import ModelLoadError, meta_pipeline_from_dir, stored_dtype
     from op4ksr.models.planner import human_bytes
     from op4ksr.models.presets import build_pipeline, list_presets
     from op4ksr.utils.device import resolve_dtype
 
     width, height = parse_size(size)
+    stored = None
     try:
         if Path(model).is_dir():
             pipe = meta_pipeline_from_dir(model)
+            stored = stored_dtype(Path(model) / "transformer", Path(model), "transformer")
         elif model in list_presets():
             pipe = build_pipeline(model, device="meta", seed=None)
         else:
@@ -36,11 +44,19 @@ def info(
     except ModelLoadError as exc:
         fail(str(exc))
     if dtype == "auto":
-        dtype = "bf16" if model == "ultraflux" else "fp32"
+        dtype = "bf16" if model == "ultraflux" or stored == torch.bfloat16 else "fp32"
     torch_dtype = resolve_dtype(dtype, torch.device("cpu"))
     est = pipe.estimate(height, width, batch=batch, dtype=torch_dtype)
+    training = {}
+    if train_crop:
+        from op4ksr.models.planner import estimate_sr_training
+
+        # the frozen DiT in bf16 (train's sr.frozen_dit_dtype for a converted UltraFlux), checkpointing on
+        training = {name: estimate_sr_training(pipe, train_crop, batch=batch, processes=n, fsdp=n > 1)
+                    for name, n in (("one_gpu", 1), (f"fsdp_{gpus}_gpus", gpus))}
     if as_json:
-        typer.echo(json.dumps({"model": model, **est.as_dict()}, indent=2))
+        extra = {"training": {k: v.as_dict() for k, v in training.items()}} if training else {}
+        typer.echo(json.dumps({"model": model, **est.as_dict(), **extra}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -62,6 +78,11 @@ def info(
         ("  DiT stage", human_bytes(est.dit_bytes)),
         ("  decode stage", human_bytes(est.decode_bytes)),
     ]
+    for t in training.values():
+        where = "1 GPU" if t.processes == 1 else f"{t.processes} GPUs FSDP2"
+        parts = (f"{human_bytes(t.per_gpu_bytes)}/GPU: frozen {human_bytes(t.frozen_bytes)}, "
+                 f"LoRA+AdamW {human_bytes(t.trainable_bytes)}, act. {human_bytes(t.activation_bytes)}")
+        rows.append((f"sr train {train_crop}², {where}", parts))
     for k, v in rows:
         table.add_row(k, v)
     Console(width=max(100, Console().width)).print(table)
@@ -127,6 +148,43 @@ def export(
     typer.echo(f"exported {source} → {out} ({dtype}, {size / 2**20:.1f} MiB)")
 
 
+def convert_ultraflux(
+    snapshot: Path = typer.Argument(..., help="UltraFlux snapshot folder (e.g. ~/.cache/huggingface/hub/"
+                                              "models--Owen777--UltraFlux-v1/snapshots/<rev>, or the models--… folder)."),
+    out: Path = typer.Option(..., "--out", help="New op4ksr model folder."),
+    transformer: Path = typer.Option(None, "--transformer", help="Another transformer folder, e.g. the v1.1 "
+                                                                 "transformer repository's snapshot."),
+    prompt: str = typer.Option(None, "--prompt", help="The fixed prompt to encode (default: S3Diff's positive "
+                                                      "prompt; OMGSR-F uses \"\")."),
+    device: str = typer.Option("auto", "--device", help="Where the text encoders run: auto, cpu, cuda, …"),
+) -> None:
+    """Convert an UltraFlux snapshot: copy its VAE and transformer, encode the fixed prompt once with its own
+    T5 and CLIP, and write an op4ksr model folder (for upscale --model, train model.init, info)."""
+    from op4ksr.models.convert import convert_ultraflux as convert
+    from op4ksr.models.prompt import S3DIFF_PROMPT
+    from op4ksr.utils.device import resolve_device, resolve_dtype
+    from op4ksr.utils.errors import ModelLoadError, one_line
+
+    if out.exists():
+        fail(f"{out}: exists; choose a new folder (nothing was converted)")
+    run_device = resolve_device(device)
+    try:
+        result = convert(snapshot, out, transformer=transformer, prompt=S3DIFF_PROMPT if prompt is None else prompt,
+                         device=run_device, text_dtype=resolve_dtype(None, run_device))
+    except (ModelLoadError, FileExistsError) as exc:
+        fail(str(exc))
+    except OSError as exc:  # writing the folder (disk full, permissions): nothing was left behind
+        fail(f"{out}: not written ({one_line(exc)})")
+    record = json.loads((result / "conversion.json").read_text())
+    cut = [name for name, truncated in record["truncated"].items() if truncated]
+    typer.echo(f"converted {snapshot} → {result} (prompt {record['prompt']!r}"
+               + (f"; the {' and '.join(n.upper() for n in cut)} tokenizer{'s' if len(cut) > 1 else ''} cut it, "
+                  f"see conversion.json" if cut else "") + ")")
+
+
 def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("export")(export)
+    convert_app = typer.Typer(name="convert", help="Import models from other projects' layouts.", no_args_is_help=True)
+    convert_app.command("ultraflux")(convert_ultraflux)
+    app.add_typer(convert_app, name="convert")

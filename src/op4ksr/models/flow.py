@@ -4,7 +4,8 @@
 
 The paper's Eq. (1) writes z_t = t·z_HR + (1 − t)·ε, i.e. **t = 1 − σ**: its t_mid = 0.3 read
 literally is σ = 0.7. op4ksr always stores and passes σ (the noise fraction), which is also what
-diffusers' Flux transformer receives as ``timestep`` (it multiplies by 1000 internally).
+diffusers' Flux transformer receives as ``timestep`` (it multiplies by 1000 internally). The
+default σ and why it is not 0.7: ``op4ksr.models.constants.DEFAULT_SIGMA``.
 """
 
 from __future__ import annotations

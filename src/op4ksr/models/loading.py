@@ -12,7 +12,8 @@ A model directory is diffusers-like::
 Only safetensors are read. A directory holding any pickle-format weight file is refused (it
 could run code when loaded), and every error names the part and what is missing or mismatched.
 Nothing outside the model folder is opened: every file a name in the folder leads to (a shard
-in an index, a symlinked weights file) must resolve inside it (:func:`contained_file`), and a
+in an index, a symlinked weights file) must resolve inside it (:func:`contained_file`; in a
+Hugging Face cache snapshot, into its own repository's ``blobs/``), and a
 config's structural sizes are bounded (:data:`CONFIG_LIMITS`) before any module is built.
 """
 
@@ -59,12 +60,34 @@ CONFIG_LIMITS = {
 MAX_LIST_LENGTH, MAX_LIST_VALUE = 16, 65536  # block_out_channels, level_channels, axes_dims_rope, …
 
 
+HF_CACHE_SNAPSHOTS, HF_CACHE_BLOBS, HF_CACHE_REPO_PREFIXES = "snapshots", "blobs", ("models--",)
+
+
+def hf_cache_blobs(root: Path) -> Path | None:
+    """The ``blobs/`` folder of the Hugging Face cache repository that ``root`` lies in
+    (``…/models--OWNER--NAME/snapshots/<rev>/…``), or None when ``root`` is not in such a snapshot.
+
+    The cache stores every file of a snapshot as a symlink into ``../../blobs/<hash>``: those
+    links, and only those, may lead out of the model folder."""
+    resolved = root.resolve()
+    for folder in (resolved, *resolved.parents):
+        snapshots = folder.parent
+        repo = snapshots.parent
+        if snapshots.name == HF_CACHE_SNAPSHOTS and repo.name.startswith(HF_CACHE_REPO_PREFIXES):
+            return repo / HF_CACHE_BLOBS
+    return None
+
+
 def contained_file(root: Path, path: Path, what: str) -> Path:
-    """``path`` resolved (symlinks followed), or ModelLoadError if it lies outside ``root``."""
+    """``path`` resolved (symlinks followed), or ModelLoadError if it lies outside ``root``
+    (a file of a Hugging Face cache snapshot may resolve into that same repository's ``blobs/``)."""
     resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise ModelLoadError(f"{path}: {what} resolves outside the model folder {root} ({resolved}); refused")
-    return resolved
+    if resolved.is_relative_to(root.resolve()):
+        return resolved
+    blobs = hf_cache_blobs(root)
+    if blobs is not None and resolved.is_relative_to(blobs):
+        return resolved
+    raise ModelLoadError(f"{path}: {what} resolves outside the model folder {root} ({resolved}); refused")
 
 
 def check_config_limits(part: str, config_file: Path, config: dict) -> None:
@@ -115,20 +138,21 @@ def refuse_pickles(directory: Path) -> None:
             )
 
 
-def read_state_dict(part_dir: Path, root: Path | None = None, part: str = "model") -> dict[str, torch.Tensor]:
-    """The safetensors state dict of one part, single-file or sharded; every file must lie in
-    ``root`` (default: ``part_dir``)."""
+def weight_files(part_dir: Path, root: Path | None = None, part: str = "model") -> tuple[list[Path], Path | None]:
+    """The safetensors files of one part (one file, or the shards its index lists) and the index
+    file (None for a single file); every file must lie in ``root`` (default: ``part_dir``)."""
     root = part_dir if root is None else root
     single, index = part_dir / WEIGHTS_NAME, part_dir / INDEX_NAME
     if single.is_file():
-        return _load_safetensors(contained_file(root, single, f"the {part} weights file"), part)
+        contained_file(root, single, f"the {part} weights file")
+        return [single], None
     if index.is_file():
         index_file = contained_file(root, index, f"the {part} shard index")
         try:
             shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise ModelLoadError(f"{index}: not a valid {INDEX_NAME} ({type(exc).__name__}: {exc})") from None
-        state: dict[str, torch.Tensor] = {}
+        files = []
         for shard in shards:
             if not isinstance(shard, str) or Path(shard).is_absolute() or "\0" in shard:
                 raise ModelLoadError(f"{index}: shard name {shard!r} is not a file name inside the folder; refused")
@@ -136,9 +160,38 @@ def read_state_dict(part_dir: Path, root: Path | None = None, part: str = "model
             contained_file(root, path, f"shard {shard!r} listed in {INDEX_NAME}")
             if not path.is_file():
                 raise ModelLoadError(f"{path}: shard listed in {INDEX_NAME} is missing")
-            state.update(_load_safetensors(path, part))
-        return state
+            files.append(path)
+        return files, index
     raise ModelLoadError(f"{part_dir}: no {WEIGHTS_NAME} (or sharded index) found")
+
+
+def read_state_dict(part_dir: Path, root: Path | None = None, part: str = "model") -> dict[str, torch.Tensor]:
+    """The safetensors state dict of one part, single-file or sharded; every file must lie in
+    ``root`` (default: ``part_dir``)."""
+    state: dict[str, torch.Tensor] = {}
+    for file in weight_files(part_dir, root, part)[0]:
+        state.update(_load_safetensors(file.resolve(), part))
+    return state
+
+
+def check_weights_match(part_dir: Path, part: str, expected: dict[str, tuple[int, ...]],
+                        found: dict[str, tuple[int, ...]]) -> None:
+    """ModelLoadError naming what is missing, unexpected or mis-shaped between the shapes a
+    part's config builds (``expected``) and those its weight files hold (``found``)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            k = mismatched[0]
+            details.append(f"{len(mismatched)} with wrong shape (e.g. {k}: file {tuple(found[k])} "
+                           f"vs config {tuple(expected[k])})")
+        raise ModelLoadError(f"{part_dir}: {part} weights do not match its config.json: " + "; ".join(details))
 
 
 def pipeline_parts(pipe: OP4KSRPipeline) -> dict[str, torch.nn.Module]:
@@ -160,7 +213,7 @@ def _optional_parts_in(directory: Path, index: dict) -> list[str]:
     return present
 
 
-def _read_config(part: str, part_dir: Path, cls, root: Path) -> dict:
+def read_part_config(part: str, part_dir: Path, cls, root: Path) -> dict:
     config_file = part_dir / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{part_dir}: the {part!r} part has no config.json")
@@ -183,26 +236,13 @@ def load_part(part: str, part_dir: Path, cls=None, config_overrides: dict | None
     file's tensor into the module (no second full copy from a later ``.to``)."""
     cls = cls or PART_CLASSES.get(part) or OPTIONAL_PART_CLASSES[part]
     root = part_dir if root is None else root
-    config = _read_config(part, part_dir, cls, root)
+    config = read_part_config(part, part_dir, cls, root)
     config.update(config_overrides or {})
     with torch.device("meta"):
         module = cls.from_config(config)
     state = read_state_dict(part_dir, root, part)
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if mismatched:
-            k = mismatched[0]
-            details.append(f"{len(mismatched)} with wrong shape (e.g. {k}: file {tuple(state[k].shape)} "
-                           f"vs config {tuple(expected[k].shape)})")
-        raise ModelLoadError(f"{part_dir}: {part} weights do not match its config.json: " + "; ".join(details))
+    check_weights_match(part_dir, part, {k: tuple(v.shape) for k, v in module.state_dict().items()},
+                        {k: tuple(v.shape) for k, v in state.items()})
     if device is not None or dtype is not None or channels_last:
         state = {k: _converted(v, device, dtype, channels_last) for k, v in state.items()}
     module.load_state_dict(state, strict=True, assign=True)
@@ -236,36 +276,64 @@ def _pipeline_options(index: dict) -> dict:
     return {k: index[k] for k in PIPELINE_OPTIONS if k in index}
 
 
+def stored_dtype(part_dir: Path, root: Path | None = None, part: str = "model") -> torch.dtype | None:
+    """The dtype a part's floating-point weights are stored in (from the safetensors header of its
+    first file; no tensor is read), or None when it holds none."""
+    from safetensors import safe_open
+
+    names = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+    file = weight_files(part_dir, root, part)[0][0]
+    try:
+        with safe_open(str(file.resolve()), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                dtype = names.get(handle.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ModelLoadError(f"{file}: the {part} weights are not a readable safetensors file ({one_line(exc)})") from None
+    return None
+
+
 def from_pretrained(directory: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
-    """Load an :class:`OP4KSRPipeline` saved with ``save_pretrained`` (safetensors only)."""
+                    dtype: str | torch.dtype | None = None,
+                    part_dtypes: dict[str, torch.dtype] | None = None) -> OP4KSRPipeline:
+    """Load an :class:`OP4KSRPipeline` saved with ``save_pretrained`` (safetensors only).
+
+    Every part is converted once, straight from the file, to ``dtype`` (one run dtype: fp32 on
+    CPU, bf16 on CUDA by default), except the parts ``part_dtypes`` names (training keeps a frozen
+    full-size DiT in bf16 beside an fp32 VAE: the pipeline's steps cast at each part's boundary)."""
     directory = Path(directory)
     index = _read_index(directory)
     refuse_pickles(directory)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    part_dtypes = part_dtypes or {}
     parts = {}
     for part in PART_CLASSES:
         if part not in index or not (directory / part).is_dir():
             raise ModelLoadError(f"{directory}: the {part!r} part is missing")
     for part in [*PART_CLASSES, *_optional_parts_in(directory, index)]:
-        parts[part] = load_part(part, directory / part, root=directory, device=device, dtype=dtype,
+        parts[part] = load_part(part, directory / part, root=directory, device=device,
+                                dtype=part_dtypes.get(part, dtype),
                                 channels_last=device.type == "cpu" and part in CHANNELS_LAST_PARTS)
     options = _pipeline_options(index)
     try:
         pipe = OP4KSRPipeline(**parts, **options)
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{directory / 'model_index.json'}: {exc}") from None
-    return move_pipeline(pipe, device, dtype)
+    return move_pipeline(pipe, device, dtype, part_dtypes)
 
 
 def move_pipeline(pipe: OP4KSRPipeline, device: str | torch.device = "auto",
-                  dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
-    """Put every part on ``device`` in ``dtype`` (``None``: fp32 on CPU, bf16/fp16 on accelerators)."""
+                  dtype: str | torch.dtype | None = None,
+                  part_dtypes: dict[str, torch.dtype] | None = None) -> OP4KSRPipeline:
+    """Put every part on ``device`` in one run ``dtype`` (``None``: fp32 on CPU, bf16/fp16 on
+    accelerators), whatever dtypes its parts were stored in; ``part_dtypes`` keeps named parts in another."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    for module in pipeline_parts(pipe).values():
-        module.to(device=device, dtype=dtype)  # a no-op for parts from_pretrained already placed
+    part_dtypes = part_dtypes or {}
+    for name, module in pipeline_parts(pipe).items():
+        module.to(device=device, dtype=part_dtypes.get(name, dtype))  # a no-op for parts already placed
     if device.type == "cpu":
         for name in CHANNELS_LAST_PARTS:
             module = getattr(pipe, name, None)
@@ -295,7 +363,7 @@ def meta_pipeline_from_dir(directory: str | Path) -> OP4KSRPipeline:
     parts = {}
     classes = {**PART_CLASSES, **{p: OPTIONAL_PART_CLASSES[p] for p in _optional_parts_in(directory, index)}}
     for part, cls in classes.items():
-        config = _read_config(part, directory / part, cls, directory)
+        config = read_part_config(part, directory / part, cls, directory)
         with torch.device("meta"):
             parts[part] = cls.from_config(config)
     options = _pipeline_options(index)
@@ -309,22 +377,34 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
 
 
 def load_ultraflux_parts(vae_dir: str | Path, transformer_dir: str | Path, prompt_file: str | Path, *,
-                         sigma: float = DEFAULT_SIGMA, rope_theta: float = OP4KSR_ROPE_THETA) -> OP4KSRPipeline:
+                         sigma: float = DEFAULT_SIGMA, rope_theta: float = OP4KSR_ROPE_THETA,
+                         device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> OP4KSRPipeline:
     """Assemble a pipeline from a real UltraFlux ``vae/`` and ``transformer/`` folder (unchanged
     diffusers layout) plus a safetensors file with ``prompt_embeds`` and ``pooled_prompt_embeds``.
-    The transformer gets RFR's θ (default 100) regardless of its YaRN settings."""
+    The transformer gets RFR's θ (default 100) and plain RoPE regardless of its YaRN settings
+    (``op4ksr convert ultraflux`` keeps them instead). UltraFlux stores its transformer in bf16
+    and its VAE in fp32: every part is cast to one run ``dtype`` (fp32 on CPU, bf16 on CUDA)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     vae_dir, transformer_dir = Path(vae_dir), Path(transformer_dir)
     for d in (vae_dir, transformer_dir):
         refuse_pickles(d)
-    vae = load_part("vae", vae_dir)
-    transformer = load_part("transformer", transformer_dir, config_overrides={"rope_theta": rope_theta})
+    vae = load_part("vae", vae_dir, device=device, dtype=dtype)
+    transformer = load_part("transformer", transformer_dir, config_overrides={"rope_theta": rope_theta},
+                            device=device, dtype=dtype)
     embeds = _load_safetensors(Path(prompt_file), "prompt embeddings")
     for key in ("prompt_embeds", "pooled_prompt_embeds"):
         if key not in embeds:
             raise ModelLoadError(f"{prompt_file}: missing tensor {key!r}")
     pe, pooled = embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
+    # the text the embeddings encode, when the file records it (safetensors metadata "prompt");
+    # None = not recorded (OMGSR-F encodes "", op4ksr's default is S3Diff's prompt)
+    from safetensors import safe_open
+
+    with safe_open(str(prompt_file), framework="pt") as handle:
+        text = (handle.metadata() or {}).get("prompt")
     prompt = FixedPromptEmbeddings(sequence_length=pe.shape[1], joint_attention_dim=pe.shape[2],
-                                   pooled_projection_dim=pooled.shape[-1])
+                                   pooled_projection_dim=pooled.shape[-1], prompt=text)
     prompt.load_state_dict({"prompt_embeds": pe.reshape(1, *pe.shape[-2:]),
                             "pooled_prompt_embeds": pooled.reshape(1, -1)})
-    return OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, sigma=sigma)
+    return move_pipeline(OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, sigma=sigma), device, dtype)

@@ -209,17 +209,20 @@ class ConfigPipeline:
     def components(self) -> dict[str, nn.Module | None]:
         return {name: getattr(self, name) for name in self._part_names}
 
+    def save_index(self, directory: str | Path) -> None:
+        """``model_index.json`` alone: the config and each part's class (``[null, null]`` when absent)."""
+        index: dict[str, Any] = {"_class_name": type(self).__name__, **self.config}
+        for name, module in self.components.items():
+            index[name] = [None, None] if module is None else [type(module).__module__, type(module).__name__]
+        write_json(Path(directory) / self.config_name, index)
+
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        index: dict[str, Any] = {"_class_name": type(self).__name__, **self.config}
         for name, module in self.components.items():
-            if module is None:
-                index[name] = [None, None]
-                continue
-            index[name] = [type(module).__module__, type(module).__name__]
-            module.save_pretrained(directory / name)
-        write_json(directory / self.config_name, index)
+            if module is not None:
+                module.save_pretrained(directory / name)
+        self.save_index(directory)
 
     def to(self, device: str | torch.device | torch.dtype | None = None, dtype: torch.dtype | None = None):
         """Move every part (``pipe.to(torch.float32)`` and ``pipe.to("cpu", torch.float16)`` both work)."""

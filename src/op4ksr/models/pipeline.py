@@ -45,7 +45,7 @@ class TileConfig:
 
     tile: int = 128  # latent pixels
     overlap: int = 64
-    gaussian_sigma: float = 0.3  # of the tile size, for the blending weights
+    gaussian_sigma: float = 0.1  # of the tile size, for the blending weights (OMGSR's variance 0.01)
 
 
 class OP4KSRPipeline(ConfigPipeline):
@@ -173,6 +173,7 @@ class OP4KSRPipeline(ConfigPipeline):
 
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
         """Images in [0,1] (already at the output size) → normalised latent (DiT space)."""
+        images01 = images01.to(self.vae.encoder.conv_in.weight.dtype)  # each part in its own dtype
         if self.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
             images01 = images01.contiguous(memory_format=torch.channels_last)
         return self.vae.normalize(self.vae.encode_mode(images01))
@@ -187,7 +188,9 @@ class OP4KSRPipeline(ConfigPipeline):
     def velocity(self, tokens: torch.Tensor, rows: int, cols: int, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
         """DiT velocity for packed tokens on a rows × cols grid (shared by inference and training)."""
         b = tokens.shape[0]
-        device, dtype = tokens.device, tokens.dtype
+        # the DiT's own dtype (a bf16 DiT beside an fp32 VAE); the velocity comes back in the tokens'
+        device, dtype, tokens_dtype = tokens.device, self.transformer.x_embedder.weight.dtype, tokens.dtype
+        tokens = tokens.to(dtype)
         sigma = self.sigma if sigma is None else sigma
         timestep = sigma if isinstance(sigma, torch.Tensor) else torch.full((b,), float(sigma), device=device)
         prompt_embeds, pooled = self.prompt(b)
@@ -203,7 +206,7 @@ class OP4KSRPipeline(ConfigPipeline):
             txt_ids=text_ids(prompt_embeds.shape[1], device=device),
             guidance=guidance,
             return_dict=False,
-        )[0]
+        )[0].to(tokens_dtype)
 
     def decode(self, z0: torch.Tensor | None, guide_image: torch.Tensor | None = None, fidelity: float | None = None,
                clamp: bool = True, lr: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,9 +222,9 @@ class OP4KSRPipeline(ConfigPipeline):
         if self.pixel_path is not None:
             if lr is None:
                 raise ValueError("a pixel-path model decodes from the padded LR: pass lr=LRLatent.lr")
-            out = self.pixel_path(lr, z0, weight)
+            out = self.pixel_path(lr.to(self.pixel_path.faithful.span.conv_1.weight.dtype), z0, weight)
             return out.clamp_(0.0, 1.0) if clamp else out
-        latents = self.vae.denormalize(z0)
+        latents = self.vae.denormalize(z0.to(self.vae.decoder.conv_in.weight.dtype))
         if self.compensation is None or guide_image is None or weight == 0.0:
             out = self.vae.decode_images(latents)
         else:

@@ -223,3 +223,104 @@ def human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+# ------------------------------------------------------------------ the sr stage's training memory
+
+ADAMW_BYTES_PER_TRAINABLE = 4 + 4 + 8  # fp32 parameter, gradient, two AdamW moments
+# Activations kept for backward per DiT block and token, in hidden-sized tensors: without
+# checkpointing the block's residual streams, norms, q/k/v/attention output and the 4h MLP;
+# with per-block checkpointing only each block's input stays, plus one block being recomputed.
+DIT_BLOCK_SAVED_TENSORS = 14.0
+DIT_CHECKPOINT_SAVED_TENSORS = 1.0
+# VAE activations kept for backward, in largest-activation-sized tensors (encoder with LoRA, and the
+# frozen decoder the image losses backpropagate through); checkpointing keeps block inputs only.
+VAE_SAVED_TENSORS = 12.0
+VAE_CHECKPOINT_SAVED_TENSORS = 4.0
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """Per-GPU memory of the ``sr`` stage (LoRA on the VAE encoder and the DiT, frozen DiT and
+    decoder, a frozen encoder copy for L_vae) for one crop size, batch and process count."""
+
+    crop: int
+    batch: int
+    processes: int
+    fsdp: bool
+    gradient_checkpointing: bool
+    dit_dtype: str
+    lora_params: int
+    frozen_bytes: int  # frozen DiT (sharded with FSDP, plus the blocks gathered at a time) + VAEs
+    trainable_bytes: int  # LoRA parameters, gradients, AdamW moments (sharded with FSDP)
+    activation_bytes: int
+
+    @property
+    def per_gpu_bytes(self) -> int:
+        return self.frozen_bytes + self.trainable_bytes + self.activation_bytes
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "per_gpu_bytes": self.per_gpu_bytes}
+
+
+def lora_parameter_count(module: torch.nn.Module, targets, rank: int) -> int:
+    """Parameters peft's LoRA adds to ``module`` for ``targets`` (a regex string or name suffixes,
+    as peft matches them): rank·(in + out) per Linear, rank·(in·k² + out) per convolution."""
+    import re
+
+    def matches(name: str) -> bool:
+        if isinstance(targets, str):
+            return re.fullmatch(targets, name) is not None
+        return any(name == t or name.endswith("." + t) for t in targets)
+
+    total = 0
+    for name, sub in module.named_modules():
+        if not name or not matches(name):
+            continue
+        if isinstance(sub, torch.nn.Linear):
+            total += rank * (sub.in_features + sub.out_features)
+        elif isinstance(sub, torch.nn.Conv2d):
+            total += rank * (sub.in_channels * sub.kernel_size[0] * sub.kernel_size[1] + sub.out_channels)
+    return total
+
+
+def estimate_sr_training(pipe, crop: int, *, batch: int = 1, processes: int = 1, fsdp: bool = False,
+                         lora_rank: int = 64, dit_dtype: torch.dtype = torch.bfloat16,
+                         gradient_checkpointing: bool = True) -> TrainingEstimate:
+    """Per-GPU memory of a ``sr`` training step on ``crop``² HR crops (the pipeline may be on the
+    meta device). With FSDP2 (train/sharding.py) every DiT block is its own unit: the frozen DiT
+    and the trainable state are divided by ``processes``, and about two blocks are whole at a time
+    (the one running and the one prefetched); without it every process holds all of it."""
+    from op4ksr.models.lora import DIT_TARGETS, VAE_ENCODER_TARGETS
+
+    if crop <= 0 or batch <= 0 or processes <= 0:
+        raise ValueError("crop, batch and processes must be positive")
+    shards = processes if fsdp else 1
+    dit_elem = torch.tensor([], dtype=dit_dtype).element_size()
+    transformer = pipe.transformer
+    dit_params = _numel(transformer)
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    largest_block = max((_numel(b) for b in blocks), default=0)
+    gathered = 2 * largest_block * dit_elem if fsdp and processes > 1 else 0
+    vae_bytes = 2 * _numel(pipe.vae) * 4  # the VAE and the frozen encoder copy, fp32
+    frozen = dit_params * dit_elem // shards + gathered + vae_bytes + _numel(pipe.prompt) * 4
+    lora = (lora_parameter_count(transformer, DIT_TARGETS, lora_rank)
+            + lora_parameter_count(pipe.vae, VAE_ENCODER_TARGETS, lora_rank))
+    trainable = lora * ADAMW_BYTES_PER_TRAINABLE // shards
+
+    m = pipe.pad_multiple
+    side = math.ceil(crop / m) * m
+    tcfg = transformer.config
+    hidden = tcfg.num_attention_heads * tcfg.attention_head_dim
+    seq = (side // m) ** 2 + pipe.prompt.config.sequence_length
+    per_block = DIT_CHECKPOINT_SAVED_TENSORS if gradient_checkpointing else DIT_BLOCK_SAVED_TENSORS
+    dit_act = batch * seq * hidden * dit_elem * (len(blocks) * per_block
+                                                 + (DIT_BLOCK_SAVED_TENSORS if gradient_checkpointing else 0))
+    _enc, _dec, enc_max, dec_max = _vae_conv_flops(pipe.vae.config, side, side)
+    vae_saved = VAE_CHECKPOINT_SAVED_TENSORS if gradient_checkpointing else VAE_SAVED_TENSORS
+    vae_act = batch * (enc_max + dec_max) * 4 * vae_saved
+    return TrainingEstimate(
+        crop=crop, batch=batch, processes=processes, fsdp=fsdp, gradient_checkpointing=gradient_checkpointing,
+        dit_dtype=str(dit_dtype).replace("torch.", ""), lora_params=lora, frozen_bytes=int(frozen),
+        trainable_bytes=int(trainable), activation_bytes=int(dit_act + vae_act),
+    )

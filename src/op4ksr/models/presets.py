@@ -67,12 +67,12 @@ register_preset(ModelPreset(
     vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
              norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159, down_block_types=_DOWN,
              up_block_types=_UP, use_quant_conv=False, use_post_quant_conv=False, stride=2,
-             mid_block_add_attention=True),
+             mid_block_add_attention=True, partitioned_decode=True),
     transformer=dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                      num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
                      guidance_embeds=True, axes_dims_rope=(16, 56, 56), rope_theta=OP4KSR_ROPE_THETA),
     prompt=dict(sequence_length=512, joint_attention_dim=4096, pooled_projection_dim=768),
-    # σ = 1 − t_mid with the paper's t_mid = 0.3 read literally (see models/flow.py).
+    # σ: OMGSR-F's SNR-matched mid timestep (models/constants.py; `op4ksr analyze mid-timestep`).
     pipeline=dict(sigma=DEFAULT_SIGMA, scale=4, guidance=1.0),
 ))
 

@@ -18,11 +18,14 @@ S3DIFF_PROMPT = (
 
 
 class FixedPromptEmbeddings(ConfigModel):
-    """``prompt_embeds`` [1, L, joint_attention_dim] and ``pooled_prompt_embeds`` [1, pooled_dim]."""
+    """``prompt_embeds`` [1, L, joint_attention_dim] and ``pooled_prompt_embeds`` [1, pooled_dim].
+
+    ``prompt`` records the text they encode (``op4ksr convert ultraflux`` writes the one it
+    encoded; OMGSR-F uses "", op4ksr S3Diff's prompt), None when it is not known."""
 
     @register_to_config
     def __init__(self, sequence_length: int = 512, joint_attention_dim: int = 4096,
-                 pooled_projection_dim: int = 768, prompt: str = S3DIFF_PROMPT):
+                 pooled_projection_dim: int = 768, prompt: str | None = S3DIFF_PROMPT):
         super().__init__()
         self.prompt_embeds = nn.Parameter(torch.zeros(1, sequence_length, joint_attention_dim), requires_grad=False)
         self.pooled_prompt_embeds = nn.Parameter(torch.zeros(1, pooled_projection_dim), requires_grad=False)

@@ -21,8 +21,10 @@ outputs against diffusers.
 
 Only what op4ksr uses is kept: patch size 1, unfused projections, the native
 ``scaled_dot_product_attention`` path, no attention mask, no joint_attention_kwargs / ControlNet /
-IP-adapter / caching / LoRA-scale code. UltraFlux's YaRN keys (``method``, ``ntk_factor``)
-configure its own RoPE extension, which RFR replaces: ``from_config`` ignores them.
+IP-adapter / caching / LoRA-scale code. UltraFlux's RoPE extension beyond its 2048-px window is
+the config value ``rope_scaling`` (:data:`~op4ksr.models.rope.ULTRAFLUX_ROPE_SCALING`, or null for
+plain RoPE); UltraFlux's own keys (``method``, ``ntk_factor``) are not read by ``from_config``:
+``op4ksr convert ultraflux`` turns them into ``rope_scaling``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from op4ksr.models.modeling import ConfigModel, maybe_checkpoint, register_to_config
-from op4ksr.models.rope import OP4KSR_ROPE_THETA, RescaledRoPE, set_rope_theta
+from op4ksr.models.rope import KEEP_SCALING, OP4KSR_ROPE_THETA, RescaledRoPE, check_rope_scaling, set_rope_theta
 
 logger = logging.getLogger(__name__)
 
@@ -373,6 +375,7 @@ class OP4KSRTransformer(ConfigModel):
         guidance_embeds: bool = False,
         axes_dims_rope: tuple[int, ...] = (16, 56, 56),
         rope_theta: float = OP4KSR_ROPE_THETA,
+        rope_scaling: dict | None = None,
     ):
         super().__init__()
         if sum(axes_dims_rope) != attention_head_dim:
@@ -381,7 +384,7 @@ class OP4KSRTransformer(ConfigModel):
         self.inner_dim = num_attention_heads * attention_head_dim
 
         # Submodules in diffusers' order: a seeded model gets the stock model's random weights.
-        self.pos_embed = RescaledRoPE(rope_theta, axes_dims_rope)
+        self.pos_embed = RescaledRoPE(rope_theta, axes_dims_rope, check_rope_scaling(rope_scaling))
         self.time_text_embed = TimeTextEmbedding(self.inner_dim, pooled_projection_dim, guidance=guidance_embeds)
         self.context_embedder = nn.Linear(joint_attention_dim, self.inner_dim)
         self.x_embedder = nn.Linear(in_channels, self.inner_dim)
@@ -397,10 +400,11 @@ class OP4KSRTransformer(ConfigModel):
 
         self.gradient_checkpointing = False  # per-block recomputation (enable_gradient_checkpointing)
 
-    def set_rope_theta(self, theta: float) -> None:
-        """Change θ in place (module and config), e.g. for the θ = 10000 ablation."""
-        set_rope_theta(self, theta)
-        self.register_to_config(rope_theta=float(theta))
+    def set_rope_theta(self, theta: float, rope_scaling: dict | None = KEEP_SCALING) -> None:  # type: ignore[assignment]
+        """Change θ (and, when given, ``rope_scaling``; None = plain) in place, module and config,
+        e.g. for RFR or the θ = 10000 ablation."""
+        module = set_rope_theta(self, theta, rope_scaling)
+        self.register_to_config(rope_theta=float(theta), rope_scaling=module.scaling)
 
     def forward(
         self,

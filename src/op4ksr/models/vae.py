@@ -24,6 +24,17 @@ The nearest ×2 + 3×3 ``conv_out`` is computed as one 3×3 convolution at the *
 with 4 output phases followed by a pixel shuffle. That is exactly equal in exact arithmetic
 (same taps, same zero padding; in floating point it differs by rounding only) but never
 materialises the C×(2H)×(2W) upsampled tensor, the largest activation of the whole model at 4K.
+
+UltraFlux decodes with a *partitioned* tail by default (``partitioned=True`` in its decoder, and
+its F16 VAE was trained that way): the map after norm → SiLU is cut into 2×2 partitions with a
+one-pixel overlap, each zero-padded by one on its outer sides, upsampled, convolved and cropped.
+Its net effect is the plain tail's output shifted one output pixel down and right, the new first
+row/column computed over zeros (reference.md). Config key ``partitioned_decode``: the same phase
+convolution with the taps moved by one output pixel (:func:`nearest2x_conv` ``shift=1``), one pass,
+no partitions, no extra tensor. A ``config.json`` that is not op4ksr's (UltraFlux's own
+``AutoencoderKL``) with ``stride`` 2 and no such key means UltraFlux's default, true
+(:meth:`F16AutoencoderKL.from_config`); op4ksr writes the key, and its own VAEs (the bundled
+compact model, the presets but ``ultraflux``) keep the plain tail they were trained with.
 """
 
 from __future__ import annotations
@@ -53,13 +64,19 @@ def get_activation(name: str) -> nn.Module:
         raise ValueError(f"activation function {name!r} is not one of {sorted(ACTIVATIONS)}") from None
 
 
-def nearest2x_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+def nearest2x_conv(x: torch.Tensor, conv: nn.Conv2d, shift: int = 0) -> torch.Tensor:
     """``conv(F.interpolate(x, scale_factor=2, mode="nearest"))`` without the upsampled tensor.
 
     For output phase (a, b) ∈ {0,1}², output pixel (2y+a, 2x+b) reads upsampled rows 2y+a+dy,
     dy ∈ {−1,0,1}, i.e. source rows y + ⌊(a+dy)/2⌋: a 2-tap kernel at the low resolution. All four
     phases are packed into one 3×3 conv (unused taps zero) and interleaved by pixel_shuffle.
+
+    ``shift=1`` gives UltraFlux's partitioned tail: output pixel (r, c) is the plain output at
+    (r−1, c−1), row/column −1 computed over the zero-extended map. Source rows are then
+    y + ⌊(a+dy−1)/2⌋ ∈ {y−1, y}: the same 3×3 footprint, the same zero padding.
     """
+    if shift not in (0, 1):
+        raise ValueError(f"shift must be 0 (plain tail) or 1 (UltraFlux's partitioned tail), got {shift}")
     if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1):
         raise ValueError("nearest2x_conv expects a 3×3, stride 1, padding 1 convolution")
     w = conv.weight  # [O, I, 3, 3]
@@ -69,7 +86,7 @@ def nearest2x_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         for b in range(2):
             for dy in (-1, 0, 1):
                 for dx in (-1, 0, 1):
-                    sy, sx = (a + dy) // 2 + 1, (b + dx) // 2 + 1
+                    sy, sx = (a + dy - shift) // 2 + 1, (b + dx - shift) // 2 + 1
                     phases[:, a, b, :, sy, sx] += w[:, :, dy + 1, dx + 1]
     weight = phases.reshape(o * 4, i, 3, 3)
     bias = conv.bias.repeat_interleave(4) if conv.bias is not None else None
@@ -276,7 +293,8 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """diffusers' VAE Decoder; with ``upsample_output`` (F16) its tail is GroupNorm → SiLU →
-    nearest ×2 → ``conv_out`` (computed by :func:`nearest2x_conv`).
+    nearest ×2 → ``conv_out`` (computed by :func:`nearest2x_conv`), with ``partitioned`` the
+    output shifted by one pixel as UltraFlux's partitioned tail.
 
     ``level_hook(i, features)``, when given, replaces the output of up block ``i`` (the entry
     point of :class:`~op4ksr.models.compensation.HighFrequencyCompensation`).
@@ -284,9 +302,12 @@ class Decoder(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, block_out_channels: Sequence[int],
                  layers_per_block: int, norm_num_groups: int, act_fn: str, mid_block_add_attention: bool,
-                 upsample_output: bool = True):
+                 upsample_output: bool = True, partitioned: bool = False):
         super().__init__()
+        if partitioned and not upsample_output:
+            raise ValueError("the partitioned tail exists only with the F16 upsampling tail (stride 2)")
         self.upsample_output = upsample_output
+        self.partitioned = partitioned
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[-1], kernel_size=3, stride=1, padding=1)
         self.up_blocks = nn.ModuleList()  # registered before, filled after the mid block (diffusers' order)
         self.mid_block = UNetMidBlock2D(block_out_channels[-1], norm_num_groups, act_fn, mid_block_add_attention)
@@ -312,7 +333,7 @@ class Decoder(nn.Module):
                 sample = level_hook(i, sample)
         sample = self.conv_act(self.conv_norm_out(sample))
         if self.upsample_output:
-            return nearest2x_conv(sample, self.conv_out)
+            return nearest2x_conv(sample, self.conv_out, shift=int(self.partitioned))
         return self.conv_out(sample)
 
 
@@ -365,7 +386,9 @@ class F16AutoencoderKL(ConfigModel):
     Defaults are UltraFlux's F16 VAE (FLUX.1 VAE widths, 16 latent channels, no quant convs,
     ``scaling_factor`` 0.3611, ``shift_factor`` 0.1159; reference.md marks these *inferred*, so
     they are plain config values read from ``config.json`` when a real checkpoint is loaded).
-    ``stride=1`` is a stock (F8) AutoencoderKL. ``sample_size``, ``latents_mean``/``latents_std``
+    ``stride=1`` is a stock (F8) AutoencoderKL. ``partitioned_decode`` selects UltraFlux's
+    partitioned decoder tail (F16 only; see the module docstring and :meth:`from_config`).
+    ``sample_size``, ``latents_mean``/``latents_std``
     and ``force_upcast`` are carried in the config only (diffusers' meaning; nothing here reads them).
     """
 
@@ -391,10 +414,13 @@ class F16AutoencoderKL(ConfigModel):
         use_post_quant_conv: bool = False,
         mid_block_add_attention: bool = True,
         stride: int = 2,
+        partitioned_decode: bool = False,
     ):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 (F8) or 2 (F16), got {stride}")
+        if partitioned_decode and stride != 2:
+            raise ValueError("partitioned_decode needs the F16 decoder tail (stride 2)")
         blocks = tuple(block_out_channels)
         _check_block_types("down_block_types", down_block_types, DOWN_BLOCK, len(blocks))
         _check_block_types("up_block_types", up_block_types, UP_BLOCK, len(blocks))
@@ -403,9 +429,22 @@ class F16AutoencoderKL(ConfigModel):
                   "norm_num_groups": norm_num_groups, "act_fn": act_fn,
                   "mid_block_add_attention": mid_block_add_attention}
         self.encoder = Encoder(in_channels, latent_channels, stride=stride, **common)
-        self.decoder = Decoder(latent_channels, out_channels, upsample_output=stride == 2, **common)
+        self.decoder = Decoder(latent_channels, out_channels, upsample_output=stride == 2,
+                               partitioned=bool(partitioned_decode), **common)
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+
+    @classmethod
+    def from_config(cls, config, **overrides):
+        """As :meth:`ConfigModel.from_config`; a foreign F16 config (not written by op4ksr, i.e.
+        UltraFlux's own ``AutoencoderKL``) without ``partitioned_decode`` means UltraFlux's default,
+        the partitioned tail. op4ksr's configs always carry the key (older ones without it were
+        trained with the plain tail, which stays their default)."""
+        values = {**config, **overrides}
+        if ("partitioned_decode" not in values and values.get("stride") == 2
+                and values.get("_class_name", cls.__name__) != cls.__name__):
+            values["partitioned_decode"] = True
+        return super().from_config(values)
 
     @property
     def spatial_factor(self) -> int:

@@ -151,10 +151,23 @@ class LossConfig:
         return f"LossConfig({', '.join(f'{k}={v!r}' for k, v in self.to_table().items())})"
 
 
+SR_ROPE_SCALINGS = ("auto", "ultraflux", "none")
+SR_POSTERIORS = ("mode", "sample")
+SR_FROZEN_DIT_DTYPES = ("auto", "fp32", "bf16")
+
+
 @dataclass
 class SRConfig:
     sigma: float = 0.0  # 0 = keep the pipeline's σ
     rope_theta: float = OP4KSR_ROPE_THETA  # FLUX_ROPE_THETA (10000) reproduces the unrescaled baseline (Table 6)
+    # RoPE beyond the 2048-px window: "auto" = UltraFlux's YaRN at θ = 10000 (what UltraFlux computes),
+    # plain RoPE at RFR's θ (the paper's Fig. 5 reasoning); "ultraflux" or "none" force one.
+    rope_scaling: str = "auto"
+    # Encode LR/HR with the posterior mode (deterministic) or a posterior sample (OMGSR's choice).
+    posterior: str = "mode"
+    # dtype of the frozen DiT (its LoRA trains in fp32): "auto" keeps a bf16-stored DiT (a converted
+    # UltraFlux: 23.8 GB instead of 47.6 GB in fp32) in bf16, anything else in fp32.
+    frozen_dit_dtype: str = "auto"
     lora_rank: int = 64
     lora_alpha: int = 64
     train_vae_encoder: bool = True
@@ -354,6 +367,13 @@ def validate(config: TrainConfig, check_paths: bool = True) -> None:
         raise ConfigError(f"sr.train_end: {config.sr.train_end!r} is not faithful or perceptual")
     if not 0.0 <= config.sr.ema_decay < 1.0:
         raise ConfigError(f"sr.ema_decay: {config.sr.ema_decay} must be in [0, 1)")
+    if config.sr.rope_scaling not in SR_ROPE_SCALINGS:
+        raise ConfigError(f"sr.rope_scaling: {config.sr.rope_scaling!r} is not one of {', '.join(SR_ROPE_SCALINGS)}")
+    if config.sr.frozen_dit_dtype not in SR_FROZEN_DIT_DTYPES:
+        raise ConfigError(f"sr.frozen_dit_dtype: {config.sr.frozen_dit_dtype!r} is not one of "
+                          f"{', '.join(SR_FROZEN_DIT_DTYPES)}")
+    if config.sr.posterior not in SR_POSTERIORS:
+        raise ConfigError(f"sr.posterior: {config.sr.posterior!r} is not one of {', '.join(SR_POSTERIORS)}")
     if config.stage in ("prior", "sr") and not config.model.init:
         raise ConfigError(f"model.init: the {config.stage} stage needs the previous stage's model directory")
     if not check_paths:

@@ -52,10 +52,37 @@ def _adversarial(cfg: TrainConfig) -> tuple[nn.Module | None, WeightedLosses]:
     return PatchDiscriminator(), losses
 
 
-def _load_init(cfg: TrainConfig) -> OP4KSRPipeline:
+def sr_rope_scaling(sr) -> dict | None:
+    """The ``rope_scaling`` the sr stage trains with (``sr.rope_scaling``; see docs/ARCHITECTURE.md):
+    "auto" is UltraFlux's YaRN at Flux's θ = 10000 and plain RoPE at RFR's θ."""
+    from op4ksr.models.constants import FLUX_ROPE_THETA
+    from op4ksr.models.rope import ULTRAFLUX_ROPE_SCALING
+
+    choice = sr.rope_scaling
+    if choice == "auto":
+        choice = "ultraflux" if float(sr.rope_theta) == FLUX_ROPE_THETA else "none"
+    return dict(ULTRAFLUX_ROPE_SCALING) if choice == "ultraflux" else None
+
+
+def frozen_dit_dtype(cfg: TrainConfig) -> torch.dtype:
+    """``sr.frozen_dit_dtype``: "auto" is the init model's stored transformer dtype when that is
+    bf16 (a converted UltraFlux), fp32 otherwise."""
+    choice = cfg.sr.frozen_dit_dtype
+    if choice == "auto":
+        from op4ksr.models.loading import stored_dtype
+
+        init = Path(cfg.model.init)
+        stored = stored_dtype(init / "transformer", init, "transformer")
+        return torch.bfloat16 if stored == torch.bfloat16 else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[choice]
+
+
+def _load_init(cfg: TrainConfig, part_dtypes: dict[str, torch.dtype] | None = None) -> OP4KSRPipeline:
+    """The init model in fp32, each part converted once straight from its file (``part_dtypes``
+    keeps named parts in another dtype)."""
     from op4ksr.models.loading import from_pretrained
 
-    return from_pretrained(cfg.model.init, device="cpu", dtype=torch.float32)
+    return from_pretrained(cfg.model.init, device="cpu", dtype=torch.float32, part_dtypes=part_dtypes)
 
 
 class Stage(nn.Module):
@@ -240,10 +267,12 @@ class SRStage(Stage):
         super().__init__()
         from op4ksr.models.lora import DIT_TARGETS, VAE_ENCODER_TARGETS, LoraSettings, add_lora
 
-        self.pipe = _load_init(cfg)
+        self.pipe = _load_init(cfg, {"transformer": frozen_dit_dtype(cfg)})
+        self.posterior = cfg.sr.posterior
         if cfg.sr.sigma > 0:
             self.pipe.register_to_config(sigma=check_sigma(cfg.sr.sigma, what="sr.sigma"))
-        self.pipe.transformer.set_rope_theta(cfg.sr.rope_theta)  # RFR (or the θ=10000 baseline)
+        # RFR (or the θ=10000 baseline, with UltraFlux's extension beyond 2048 px)
+        self.pipe.transformer.set_rope_theta(cfg.sr.rope_theta, rope_scaling=sr_rope_scaling(cfg.sr))
         self.pipe.vae.eval().requires_grad_(False)  # decoder frozen; only LoRA below trains
         self.pipe.transformer.eval().requires_grad_(False)
         self.pipe.prompt.requires_grad_(False)
@@ -319,18 +348,34 @@ class SRStage(Stage):
         for ema, current in zip(self.pixel_ema.parameters(), branch.parameters()):
             ema.lerp_(current, 1.0 - self.ema_decay)
 
+    def _encode(self, vae, images01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Un-normalised latent of images in [0, 1]: the posterior mode, or with
+        ``sr.posterior = "sample"`` a posterior sample (OMGSR encodes LR and HR that way)."""
+        if self.posterior == "sample":
+            return vae.encode(images01 * 2.0 - 1.0).latent_dist.sample(generator=generator)
+        return vae.encode_mode(images01)
+
+    def _lr_latent(self, lr: torch.Tensor, generator: torch.Generator):
+        """The pipeline's first step (:meth:`OP4KSRPipeline.lr_latent`), sampling the posterior if asked."""
+        if self.posterior == "mode" or self.pipe.pixel_path is not None:  # the pixel path fuses ẑ₀ of the mode
+            return self.pipe.lr_latent(lr)
+        from op4ksr.models.pipeline import LRLatent
+
+        upsampled, size = self.pipe.upsample_and_pad(lr)
+        return LRLatent(upsampled, size, self.pipe.vae.normalize(self._encode(self.pipe.vae, upsampled, generator)))
+
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         hr, lr = batch["hr"], batch["lr"]
         sigma = self.pipe.sigma
         logs: dict[str, float] = {}
         # Without LoRA (compensation- or decoder-only runs) the latent path needs no graph.
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.adapted)):
-            lr_latent = self.pipe.lr_latent(lr)  # the pipeline's own first step
+            lr_latent = self._lr_latent(lr, generator)  # the pipeline's own first step
             z_lr = lr_latent.latent  # E_LoRA(LR), taken as z_σ
             latent_terms: dict[str, torch.Tensor] = {}
             if "vae" in self.adapted and len(self.latent_losses):
                 with torch.no_grad():
-                    z_hr = self.frozen_vae.normalize(self.frozen_vae.encode_mode(hr))
+                    z_hr = self.frozen_vae.normalize(self._encode(self.frozen_vae, hr, generator))
                 noise = torch.randn(z_hr.shape, generator=generator, device=z_hr.device, dtype=z_hr.dtype)
                 latent_terms = self.latent_losses.terms(z_lr, noisy_latent(z_hr, noise, sigma))
             z0 = None if z_lr is None else self.pipe.denoise(z_lr)

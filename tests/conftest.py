@@ -10,6 +10,20 @@ from op4ksr import assets
 torch.set_num_threads(int(os.environ.get("OP4KSR_TEST_THREADS", "1")))
 
 
+@pytest.fixture(autouse=True)
+def isolated_caches(tmp_path_factory, monkeypatch):
+    """No test reads or fills the user's real caches: every cache location the code (or a library
+    it calls) derives from the environment points into a fresh temporary folder. Tests that need
+    the offline IQA assets ask for ``with_assets``, which points OP4KSR_CACHE at the session's
+    built copy."""
+    root = tmp_path_factory.mktemp("caches")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root))
+    monkeypatch.setenv("OP4KSR_CACHE", str(root / "op4ksr"))
+    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
+    monkeypatch.setenv("HF_HOME", str(root / "huggingface"))
+    return root
+
+
 @pytest.fixture
 def tiny_pipeline():
     from op4ksr.models.presets import build_pipeline

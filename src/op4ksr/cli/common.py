@@ -6,10 +6,13 @@ from typing import NoReturn
 
 import typer
 
+from op4ksr.utils.names import shown
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one error line to stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one error line to stderr and exit non-zero (control characters and undecodable bytes
+    of file names escaped: the line stays one line and cannot drive the terminal)."""
+    typer.echo(f"error: {shown(message)}", err=True)
     raise typer.Exit(code)
 
 

@@ -15,6 +15,7 @@ import typer
 from op4ksr.cli.common import fail
 from op4ksr.models.constants import TOKEN_PERIOD
 from op4ksr.utils.errors import one_line
+from op4ksr.utils.names import json_safe, shown, with_raw_names
 
 JSON_SCHEMA_VERSION = 1
 
@@ -76,16 +77,18 @@ def register(app: typer.Typer) -> None:
                 folder = (out / f"{path.stem}_inspect") if out is not None else _default_out(path)
                 try:
                     report = inspect_image(pixels, config)
-                    extra: dict = {"path": str(path)}
+                    # names that are not UTF-8 are shown escaped, their bytes kept as path_raw
+                    extra: dict = with_raw_names({"path": str(path)}, ("path",))
                     if reference_pixels is not None:
                         comparison = compare_to_reference(pixels, reference_pixels, report, config)
-                        extra["reference"] = {"path": str(reference), **comparison.to_dict()}
-                    files = save_inspection(report, folder, image_name=path.name, luma=to_luma(pixels),
+                        extra["reference"] = {**with_raw_names({"path": str(reference)}, ("path",)),
+                                              **comparison.to_dict()}
+                    files = save_inspection(report, folder, image_name=shown(path.name), luma=to_luma(pixels),
                                             extra=extra, overwrite=overwrite)
                 except (ValueError, FileExistsError, OSError) as exc:
                     fail(f"{path}: {one_line(exc)}")
-                results.append({**extra, **report.to_dict(), "report_dir": str(folder),
-                                "outputs": {key: str(p) for key, p in files.items()}})
+                results.append(with_raw_names({**extra, **report.to_dict(), "report_dir": str(folder)}, ("report_dir",))
+                               | {"outputs": json_safe({key: str(p) for key, p in files.items()})})
                 progress.advance(task)
 
         if as_json:

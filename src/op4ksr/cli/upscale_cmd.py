@@ -19,6 +19,7 @@ import typer
 
 from op4ksr.cli.common import fail
 from op4ksr.io.limits import DEFAULT_MAX_PIXELS
+from op4ksr.utils.names import json_safe, shown
 
 
 class OutputFormat(str, Enum):
@@ -29,7 +30,7 @@ class OutputFormat(str, Enum):
 
 
 def _err(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {shown(message)}", err=True)
 
 
 def _fail_fast(message: str, as_json: bool, code: int = 2, problems: list[str] | None = None) -> NoReturn:
@@ -38,7 +39,7 @@ def _fail_fast(message: str, as_json: bool, code: int = 2, problems: list[str] |
         from op4ksr.batch.run import REPORT_SCHEMA
 
         document = {"schema": REPORT_SCHEMA, "error": message, "problems": problems or [message]}
-        typer.echo(json.dumps(document, ensure_ascii=False))
+        typer.echo(json.dumps(json_safe(document), ensure_ascii=True))
     for problem in (problems or [message])[:-1]:
         _err(problem)
     fail((problems or [message])[-1] if problems else message, code)
@@ -252,12 +253,13 @@ def _progress(total: int) -> Any:
 
 def _print_result_line(result: Any, console: Any = None) -> None:
     """Failures (and notes) as one line each on stderr, as they happen."""
+    name = shown(result.input)  # no ESC sequence or newline of a file name reaches the terminal
     if result.status == "failed":
-        line = f"error: {result.input}: {result.reason}"
+        line = f"error: {name}: {shown(result.reason)}"
     elif result.status == "skipped":
-        line = f"skipped: {result.input}: {result.reason}"
+        line = f"skipped: {name}: {shown(result.reason)}"
     else:
-        line = "".join(f"note: {result.input}: {note}\n" for note in result.notes).rstrip("\n")
+        line = "".join(f"note: {name}: {shown(note)}\n" for note in result.notes).rstrip("\n")
     if not line:
         return
     if console is not None:
@@ -269,7 +271,7 @@ def _print_result_line(result: Any, console: Any = None) -> None:
 def _finish(report: Any, meta: dict[str, Any], as_json: bool) -> None:
     summary = report.summary()
     if as_json:
-        typer.echo(json.dumps(report.to_json_dict(meta), ensure_ascii=False, indent=2))
+        typer.echo(json.dumps(report.to_json_dict(meta), ensure_ascii=True, indent=2))
     stale = f", {summary['stale_temps_removed']} stale temporary file(s) removed" if summary["stale_temps_removed"] else ""
     typer.echo(
         f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed "

@@ -402,6 +402,29 @@ def save_inspection(report: GridReport, out_dir: str | os.PathLike, *, image_nam
     merged into report.json (e.g. the image path and a reference comparison). Every file is
     written atomically; an existing file is an error unless ``overwrite``.
     """
+    out = Path(out_dir)
+    if not overwrite:
+        existing = [out / name for name in _REPORT_FILES.values() if (out / name).exists()]
+        if existing:
+            raise FileExistsError(f"{existing[0]}: exists (use --overwrite to replace it)")
+    paths = {key: out / name for key, name in _REPORT_FILES.items()}
+    new_folder = not out.exists()
+    before = {key for key, path in paths.items() if path.exists()}
+    try:
+        _write_report_files(report, paths, image_name, luma, extra, overwrite)
+    except BaseException:
+        # all or nothing: a half-written report would block the rerun ("exists") without --overwrite
+        for key, path in paths.items():
+            if key not in before:
+                path.unlink(missing_ok=True)
+        if new_folder and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    return paths
+
+
+def _write_report_files(report: GridReport, paths: dict[str, Path], image_name: str, luma: np.ndarray | None,
+                        extra: dict | None, overwrite: bool) -> None:
     from op4ksr.eval.diagnostics.plots import (
         PALETTE,
         HLine,
@@ -412,12 +435,6 @@ def save_inspection(report: GridReport, out_dir: str | os.PathLike, *, image_nam
     )
     from op4ksr.utils.atomic import atomic_write_text
 
-    out = Path(out_dir)
-    if not overwrite:
-        existing = [out / name for name in _REPORT_FILES.values() if (out / name).exists()]
-        if existing:
-            raise FileExistsError(f"{existing[0]}: exists (use --overwrite to replace it)")
-    paths = {key: out / name for key, name in _REPORT_FILES.items()}
     span = max(2.0 * report.threshold_db, float(report.heatmap.max()) if report.heatmap.size else 0.0)
     tiles_h = report.heatmap.shape[0] * report.heatmap_tile
     tiles_w = report.heatmap.shape[1] * report.heatmap_tile
@@ -445,7 +462,6 @@ def save_inspection(report: GridReport, out_dir: str | os.PathLike, *, image_nam
                "outputs": {key: path.name for key, path in paths.items()}}
     atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n", overwrite=overwrite)
     atomic_write_text(paths["html"], _html_page(image_name, summary), overwrite=overwrite)
-    return paths
 
 
 _REPORT_FILES = {"heatmap": "heatmap.png", "spectrum": "spectrum.png", "harmonics": "harmonics.png",

@@ -61,7 +61,13 @@ def serve(
     """Serve a local web page: drop images, watch progress, compare before/after, download."""
     from op4ksr.api import ModelLoadError, Upscaler
     from op4ksr.serve import ServeConfig, make_server
+    from op4ksr.serve.server import check_work_dir
 
+    if work_dir is not None:  # before the models load: a file or read-only folder is not a port problem
+        try:
+            check_work_dir(work_dir)
+        except ValueError as exc:
+            fail(f"--work-dir: {exc}", 2)
     labels = list(dict.fromkeys(models or ["compact"]))
     upscalers: dict[str, Any] = {}
     for label in labels:

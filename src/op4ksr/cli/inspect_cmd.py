@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from op4ksr.cli.common import fail
+from op4ksr.io.limits import DEFAULT_MAX_PIXELS
 from op4ksr.models.constants import TOKEN_PERIOD
 from op4ksr.utils.errors import one_line
 from op4ksr.utils.names import json_safe, shown, with_raw_names
@@ -39,6 +40,8 @@ def register(app: typer.Typer) -> None:
                           "Default: <image folder>/<stem>_inspect/.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (schema_version 1) to stdout.")] = False,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing report files.")] = False,
+        max_pixels: Annotated[int, typer.Option(
+            "--max-pixels", min=1, help="Refuse larger images (decompression bombs), as upscale does.")] = DEFAULT_MAX_PIXELS,
     ) -> None:
         """Grid score at the token period, dominant period, heatmap and spectrum (paper Fig. 10)."""
         from rich.console import Console
@@ -59,11 +62,13 @@ def register(app: typer.Typer) -> None:
             config = InspectorConfig(period=period,
                                      threshold_db=DEFAULT_THRESHOLD_DB if threshold_db is None else threshold_db)
         except ValueError as exc:
-            fail(f"--period {period}: {exc}")
+            fail(f"--period {period} / --threshold-db {threshold_db}: {exc}")
 
         def load(path: Path):  # -> np.ndarray [H, W, C] float32 in [0, 1]
+            if path.is_dir():  # said here: the reader's own hint names upscale's --recursive
+                fail(f"{path}: is a folder; inspect takes image files (e.g. {path / '*.png'})")
             try:
-                return load_image(path).pixels
+                return load_image(path, max_pixels=max_pixels).pixels
             except (ImageError, OSError) as exc:
                 fail(f"{path}: {getattr(exc, 'reason', None) or one_line(exc)}")
 

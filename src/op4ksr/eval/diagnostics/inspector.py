@@ -80,6 +80,8 @@ class InspectorConfig:
     def __post_init__(self) -> None:
         if self.period < 2:
             raise ValueError(f"period must be ≥ 2 px, got {self.period}")
+        if not math.isfinite(self.threshold_db):  # NaN would flag nothing and compare as nothing
+            raise ValueError(f"threshold_db must be a finite number of dB, got {self.threshold_db}")
         if not 2 <= self.min_period <= self.max_period:
             raise ValueError(f"need 2 ≤ min_period ≤ max_period, got {self.min_period}, {self.max_period}")
 
@@ -372,7 +374,6 @@ def compare_to_reference(image: object, reference: object, report: GridReport,
     from op4ksr.losses.periodicity import periodicity_loss
 
     config = config or InspectorConfig(period=report.period)
-    reference_score = grid_score(reference, config.period, config)
 
     def as_tensor(array: object) -> torch.Tensor:
         if hasattr(array, "detach"):
@@ -385,6 +386,7 @@ def compare_to_reference(image: object, reference: object, report: GridReport,
     if image_t.shape[-2:] != reference_t.shape[-2:]:
         raise ValueError(f"reference is {reference_t.shape[-1]}×{reference_t.shape[-2]}, "
                          f"image is {image_t.shape[-1]}×{image_t.shape[-2]}: sizes must match")
+    reference_score = grid_score(reference, config.period, config)  # after the size check: its own errors are about size
     if image_t.shape[1] != reference_t.shape[1]:  # grey vs colour: compare luma
         image_t = torch.from_numpy(to_luma(image)).float()[None, None]
         reference_t = torch.from_numpy(to_luma(reference)).float()[None, None]

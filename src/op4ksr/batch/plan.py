@@ -20,6 +20,7 @@ from typing import Any
 from op4ksr.io.images import (
     DEFAULT_MAX_PIXELS,
     FORMAT_SUFFIX,
+    check_max_pixels,
     check_png_compression,
     image_suffixes,
     normalise_format,
@@ -67,6 +68,7 @@ class BatchOptions:
         if self.quality is not None and not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be 1–100, got {self.quality}")
         check_png_compression(self.png_compression)
+        check_max_pixels(self.max_pixels)
         if self.suffix is not None and (any(c in self.suffix for c in "/\\\0") or ".." in self.suffix):
             raise ValueError(f"--suffix {self.suffix!r}: a name suffix cannot hold '/', '\\', '..' or NUL")
 

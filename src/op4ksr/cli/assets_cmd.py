@@ -74,7 +74,8 @@ def list_cmd() -> None:
     table.add_column("path", overflow="fold")
     for asset in assets.list_assets():
         path = assets.cache_dir() / asset.filename
-        table.add_row(asset.name, asset.description, asset.licence, "yes" if path.is_file() else "no", str(path))
+        table.add_row(asset.name, asset.description, asset.licence, "yes" if assets.is_present(asset.name) else "no",
+                      str(path))
     Console().print(table)
 
 

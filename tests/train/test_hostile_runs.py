@@ -57,7 +57,8 @@ def _error_line(result) -> str:
     """The one error line (the progress bar may have drawn its line before)."""
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code != 0 and len(lines) == 1, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
     return lines[0]
 
 

@@ -34,3 +34,19 @@ def assert_same_function(a, b, images: torch.Tensor, *, a_call: dict | None = No
         a.to(dtypes[0])
         b.to(dtypes[1])
     torch.testing.assert_close(out_a, out_b, rtol=0, atol=FLOAT64_FUNCTION_ATOL)
+
+
+def summation_bound(magnitude: torch.Tensor, n_terms: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Largest difference two evaluation orders of the same sums can have: each computed sum of
+    n terms is within γₙ·Σ|terms| of the exact one, γₙ = n·u/(1 − n·u), u = eps/2 (Higham,
+    *Accuracy and Stability of Numerical Algorithms*, §3.1), so two orders differ by at most
+    2·γₙ·Σ|terms|. ``magnitude`` is Σ|terms| per output element."""
+    u = torch.finfo(dtype).eps / 2
+    gamma = n_terms * u / (1 - n_terms * u)
+    return 2 * gamma * magnitude
+
+
+def assert_within(actual: torch.Tensor, expected: torch.Tensor, bound) -> None:
+    """|actual − expected| ≤ bound everywhere (``bound`` a tensor broadcasting to them, or a number)."""
+    excess = (actual - expected).abs() - torch.as_tensor(bound, dtype=actual.dtype)
+    assert excess.max().item() <= 0, f"exceeds the rounding bound by up to {excess.max().item():.3g}"

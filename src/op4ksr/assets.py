@@ -201,10 +201,10 @@ def remove_stale_work_folders(now: float | None = None) -> list[Path]:
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            if entry.name.startswith(prefix) and entry.is_dir() and not entry.is_symlink():
-                if now - entry.lstat().st_mtime > STALE_WORK_SECONDS:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(entry)
+            ours = entry.name.startswith(prefix) and entry.is_dir() and not entry.is_symlink()
+            if ours and now - entry.lstat().st_mtime > STALE_WORK_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
     return removed
 
 

@@ -194,7 +194,7 @@ class _FullDisk:
     """A file whose first write fails the way a full disk does."""
 
     def __init__(self, path, mode):
-        self._fh = open(path, mode)
+        self._fh = open(path, mode)  # noqa: SIM115 - closed in __exit__, like the file it stands in for
 
     def __enter__(self):
         return self

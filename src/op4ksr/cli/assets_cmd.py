@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from op4ksr.utils.names import shown
+
 # The modules that register asset recipes (each beside the code that loads its asset). The command
 # imports them all, lazily; op4ksr.assets itself imports none (it sits below them all).
 RECIPE_MODULES: tuple[str, ...] = (
@@ -28,7 +30,7 @@ def load_recipes() -> None:
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {shown(message)}", err=True)
     raise typer.Exit(code=1)
 
 

@@ -221,7 +221,7 @@ def make_bench(
             progress.stop()
             fail(str(exc))
     for s in result.skipped:
-        typer.echo(f"skipped {s['source']}: {s['reason']}", err=True)
+        typer.echo(f"skipped {shown(s['source'])}: {shown(s['reason'])}", err=True)
     typer.echo(f"{result.manifest}: {len(result.entries)} images, {len(result.skipped)} skipped")
 
 
@@ -250,7 +250,7 @@ def make_tiles(
             try:
                 records.extend(cut([Path(file)], out, TileSpec(size=size, stride=stride)))
             except (OSError, ValueError) as exc:
-                typer.echo(f"{file}: skipped: {exc}", err=True)
+                typer.echo(f"{shown(file)}: skipped: {shown(str(exc))}", err=True)
             bar.advance(task)
     index = write_tile_index(records, out)
     typer.echo(f"{len(records)} tiles from {len(files)} images → {out} (index {index})")

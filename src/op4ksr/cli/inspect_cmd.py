@@ -110,6 +110,6 @@ def register(app: typer.Typer) -> None:
         for row in results:
             if "reference" in row:
                 ref = row["reference"]
-                typer.echo(f"{Path(row['path']).name} vs {Path(ref['path']).name}: reference score "
+                typer.echo(f"{shown(Path(row['path']).name)} vs {shown(Path(ref['path']).name)}: reference score "
                            f"{ref['reference_score_db']:.2f} dB, added {ref['score_delta_db']:+.2f} dB, "
                            f"L_AP {ref['periodicity_loss']:.3g}")

@@ -14,6 +14,7 @@ import typer
 
 from op4ksr.cli.common import fail
 from op4ksr.io.limits import DEFAULT_MAX_PIXELS
+from op4ksr.utils.names import shown
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -111,10 +112,10 @@ def _display_label(model: str) -> str:
 
 def _report_job(job: Any) -> None:
     if job.error:
-        typer.echo(f"error: {job.error}", err=True)
+        typer.echo(f"error: {shown(job.error)}", err=True)
         return
     (w, h), (ow, oh) = job.input_size, job.output_size
-    typer.echo(f"done: {job.name} {w}×{h} → {ow}×{oh} in {job.finished - job.started:.1f} s", err=True)
+    typer.echo(f"done: {shown(job.name)} {w}×{h} → {ow}×{oh} in {job.finished - job.started:.1f} s", err=True)
 
 
 def register(app: typer.Typer) -> None:

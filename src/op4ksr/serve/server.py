@@ -440,7 +440,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json({"error": exc.message}, exc.status, exc.headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except Exception as exc:  # noqa: BLE001 - whatever broke, the client gets one JSON line, the server goes on
+        except Exception as exc:  # whatever broke, the client gets one JSON line, the server goes on
             import logging
 
             logging.getLogger("op4ksr.serve").exception("request %s failed", self.path)

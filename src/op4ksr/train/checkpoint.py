@@ -36,7 +36,7 @@ class CheckpointError(ValueError):
 def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
-    except Exception as exc:  # safetensors raises its own error types (truncated header, bad offsets)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types (truncated header, bad offsets)
         raise CheckpointError(f"{file}: not a readable safetensors file ({one_line(exc)})") from None
 
 

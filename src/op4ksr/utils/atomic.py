@@ -9,7 +9,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-
 # tempfile.mkstemp's random part: 8 characters of [a-z0-9_] (CPython's _RandomNameSequence)
 _MKSTEMP_RANDOM = "[a-z0-9_]{8}"
 

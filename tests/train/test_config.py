@@ -76,6 +76,7 @@ def test_missing_perceptual_asset_stops_training_with_the_fetch_command(tmp_path
     ("optim.lr=nan", "optim.lr: nan is not a finite number"),
     ("optim.lr=0", "optim.lr: must be positive"),
     ("optim.beta2=1.5", "beta1/beta2 in"),
+    ("optim.max_grad_norm=-1", "optim.max_grad_norm: must be 0 \\(no clipping\\) or positive"),
     ("loss.mse=nan", "loss.mse: nan is not a finite number"),
     ('run.device="quantum"', "run.device: 'quantum' is not one of auto, cpu, cuda, mps"),
     ("run.max_minutes=nan", "run.max_minutes: nan is not a finite number"),
@@ -88,6 +89,13 @@ def test_hostile_training_settings_are_refused_up_front(tmp_path, photo_dir, ove
         load_config(None, ['stage="vae"', 'model.preset="tiny"', f'data.train=["{photo_dir}"]',
                            f'run.output_dir="{tmp_path / "run"}"', override])
     assert not (tmp_path / "run").exists()
+
+
+def test_zero_means_off_where_the_trainer_says_so(photo_dir):
+    cfg = load_config(None, ['stage="vae"', 'model.preset="tiny"', f'data.train=["{photo_dir}"]',
+                             "optim.max_grad_norm=0", "optim.warmup_steps=0", "run.keep_checkpoints=0",
+                             "data.val_images=0", "run.max_minutes=0"])
+    assert cfg.optim.max_grad_norm == 0 and cfg.run.keep_checkpoints == 0
 
 
 def test_output_dir_naming_a_file_is_refused(tmp_path, photo_dir):

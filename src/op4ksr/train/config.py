@@ -339,10 +339,12 @@ def _check_numbers(config: TrainConfig) -> None:
             raise ConfigError(f"{key}: must be 0 or positive")
     if config.data.crop_size <= 0:
         raise ConfigError(f"data.crop_size: {config.data.crop_size} must be positive")
-    for key in ("optim.lr", "optim.disc_lr", "optim.max_grad_norm"):
+    for key in ("optim.lr", "optim.disc_lr"):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) <= 0:
             raise ConfigError(f"{key}: must be positive")
+    if config.optim.max_grad_norm < 0:
+        raise ConfigError("optim.max_grad_norm: must be 0 (no clipping) or positive")
     if config.optim.weight_decay < 0 or not (0 <= config.optim.beta1 < 1 and 0 <= config.optim.beta2 < 1):
         raise ConfigError("optim.weight_decay must be ≥ 0 and optim.beta1/beta2 in [0, 1)")
 

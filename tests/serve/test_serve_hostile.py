@@ -356,3 +356,16 @@ def test_work_dir_that_is_a_file_or_unwritable_is_named_not_the_port(tmp_path, m
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
     with pytest.raises(ValueError, match="cannot create job folders there \\(Read-only file system\\)"):
         check_work_dir(tmp_path / "ro")
+
+
+def test_expect_100_still_invites_a_good_upload(serve_factory, png_bytes):
+    running = serve_factory()
+    host, port = running.server.server_address[:2]
+    body = png_bytes(8, 8)
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall((f"POST /api/jobs?name=ok.png HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 202")

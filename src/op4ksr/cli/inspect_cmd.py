@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.progress import Progress
         from rich.table import Table
+        from rich.text import Text
 
         from op4ksr.eval.diagnostics.inspector import (
             DEFAULT_THRESHOLD_DB,
@@ -104,8 +105,9 @@ def register(app: typer.Typer) -> None:
             table.add_column(column)
         for row in results:
             dominant = "-" if row["dominant_period"] is None else f"{row['dominant_period']} px ({row['dominant_feature']})"
-            table.add_row(Path(row["path"]).name, f"{row['score_db']:.2f}", "YES" if row["flagged"] else "no",
-                          dominant, row["outputs"]["html"])
+            # names as plain Text: escaped, and never read as rich markup ("[red]x.png")
+            table.add_row(Text(shown(Path(row["path"]).name)), f"{row['score_db']:.2f}",
+                          "YES" if row["flagged"] else "no", dominant, Text(shown(row["outputs"]["html"])))
         Console().print(table)
         for row in results:
             if "reference" in row:

@@ -193,3 +193,14 @@ def test_a_mirrored_subfolder_that_is_a_file_fails_in_planning(tmp_path: Path) -
     assert failed.status == "failed"
     assert failed.reason == f"cannot write: {tmp_path / 'out' / 'sub'} is a file, not a folder"
     assert (tmp_path / "out" / "sub").read_bytes() == b"a file where the subfolder goes"
+
+
+def test_a_folder_turned_file_after_planning_is_not_called_output_exists(tmp_path: Path) -> None:
+    a = _img(tmp_path / "src" / "sub" / "a.png")
+    options = _opts(tmp_path, recursive=True, existing="overwrite")
+    plan = plan_batch([tmp_path / "src"], options)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").write_bytes(b"appeared after planning")
+    result = process_item(Upscaler(InterpolationPipeline()), plan.items[0], options)
+    assert result.status == "failed" and result.reason.startswith("cannot write output (")
+    assert "output exists" not in result.reason and a.is_file()

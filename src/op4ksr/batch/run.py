@@ -98,8 +98,10 @@ def process_item(upscaler: Any, item: WorkItem, options: BatchOptions) -> FileRe
         )
     except ImageError as exc:
         return failed(exc.reason)
-    except FileExistsError:
-        return failed("output exists (use --overwrite or --skip-existing)")
+    except FileExistsError as exc:
+        if item.output.exists() and not item.output.is_dir():
+            return failed("output exists (use --overwrite or --skip-existing)")
+        return failed(f"cannot write output ({one_line(exc)})")  # e.g. a file where its folder goes
     except plan_error as exc:
         return failed(f"too large for this device: {one_line(exc)}")
     except MemoryError:

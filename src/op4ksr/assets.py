@@ -121,6 +121,11 @@ def record_sha256(path: Path) -> str:
     return digest
 
 
+def is_verified_file(path: Path) -> bool:
+    """Whether ``path`` (an asset's file in some cache folder) still has its recorded sha256."""
+    return _problem(path) is None
+
+
 def _problem(path: Path) -> str | None:
     """Why the cached file ``path`` cannot be trusted, or None when it can."""
     if not _is_regular_file(path):

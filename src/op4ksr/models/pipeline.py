@@ -23,6 +23,7 @@ from op4ksr.models.flow import x0_from_velocity
 from op4ksr.models.grid_fix import GRID_FIXES, token_notch
 from op4ksr.models.modeling import ConfigPipeline
 from op4ksr.models.packing import PATCH, image_ids, pack_latents, text_ids, unpack_latents, window_starts
+from op4ksr.models.pixel_path import LatentGuidedSPAN
 from op4ksr.models.prompt import FixedPromptEmbeddings
 from op4ksr.models.transformer import OP4KSRTransformer
 from op4ksr.models.vae import F16AutoencoderKL
@@ -34,7 +35,8 @@ class LRLatent:
 
     upsampled: torch.Tensor  # bicubic ×scale, padded to the token grid: the encoder's input and the guide
     size: tuple[int, int]  # (H, W) of the output before padding
-    latent: torch.Tensor  # normalised E(upsampled), taken as z_σ
+    latent: torch.Tensor | None  # normalised E(upsampled), taken as z_σ (None: a pixel path without it)
+    lr: torch.Tensor | None = None  # the LR padded to the token grid ÷ scale (models with a pixel path)
 
 
 @dataclass(frozen=True)
@@ -63,16 +65,21 @@ class OP4KSRPipeline(ConfigPipeline):
             per-call override exists.
         compensation: optional high-frequency compensation (the decoder sees the bicubic LR,
             :mod:`op4ksr.models.compensation`); ``None`` is the paper's pipeline.
-        fidelity: the compensation's strength in [0, 1] (0 = the decoder alone); a per-call
-            override exists.
+        fidelity: in [0, 1], a per-call override exists. With a compensation part: its strength
+            (0 = the decoder alone). With a pixel path: the blend of its two weight sets
+            (0 = the perceptual end, 1 = the faithful end).
+        pixel_path: optional :class:`~op4ksr.models.pixel_path.LatentGuidedSPAN` (the compact
+            model v2): the output is drawn at the LR size by a SPAN network into which the DiT's
+            latent is fused, instead of by the F16 decoder.
     """
 
-    _optional_components = ["compensation"]  # saved as [null, null] in model_index.json when absent
+    # saved as [null, null] in model_index.json when absent
+    _optional_components = ["compensation", "pixel_path"]
 
     def __init__(self, vae: F16AutoencoderKL, transformer: OP4KSRTransformer, prompt: FixedPromptEmbeddings,
                  sigma: float = DEFAULT_SIGMA, scale: int = 4, guidance: float = 1.0, color_fix: str = "none",
                  grid_fix: str = "none", compensation: HighFrequencyCompensation | None = None,
-                 fidelity: float = 1.0):
+                 fidelity: float = 1.0, pixel_path: LatentGuidedSPAN | None = None):
         super().__init__()
         check_sigma(sigma)
         if color_fix not in COLOR_FIXES:
@@ -80,7 +87,8 @@ class OP4KSRPipeline(ConfigPipeline):
         if grid_fix not in GRID_FIXES:
             raise ValueError(f"grid_fix must be one of {GRID_FIXES}, got {grid_fix!r}")
         check_fidelity(fidelity)
-        self.register_modules(vae=vae, transformer=transformer, prompt=prompt, compensation=compensation)
+        self.register_modules(vae=vae, transformer=transformer, prompt=prompt, compensation=compensation,
+                              pixel_path=pixel_path)
         self.register_to_config(sigma=float(sigma), scale=int(scale), guidance=float(guidance), color_fix=color_fix,
                                  grid_fix=grid_fix, fidelity=float(fidelity))
         latent_tokens_channels = vae.config.latent_channels * PATCH * PATCH
@@ -89,6 +97,12 @@ class OP4KSRPipeline(ConfigPipeline):
                 f"transformer in_channels {transformer.config.in_channels} != 4 × VAE latent channels "
                 f"{vae.config.latent_channels}"
             )
+        if pixel_path is not None:
+            if pixel_path.upscale != scale:
+                raise ValueError(f"pixel path upscale {pixel_path.upscale} != pipeline scale {scale}")
+            if pixel_path.uses_latent and pixel_path.latent_factor * scale != vae.spatial_factor:
+                raise ValueError(f"pixel path latent_factor {pixel_path.latent_factor} × scale {scale} != the VAE's "
+                                 f"spatial factor {vae.spatial_factor}")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -129,11 +143,33 @@ class OP4KSRPipeline(ConfigPipeline):
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         return x, (height, width)
 
+    def pad_lr(self, images: torch.Tensor) -> torch.Tensor:
+        """The LR padded right/bottom to a multiple of the token grid ÷ scale (8 px), so that its
+        ×scale output and the latent line up with the token grid (the pixel path's input)."""
+        m = self.pad_multiple // self.scale
+        height, width = images.shape[-2:]
+        ph, pw = (-height) % m, (-width) % m
+        if ph or pw:
+            mode = "reflect" if ph < height and pw < width else "replicate"
+            images = F.pad(images, (0, pw, 0, ph), mode=mode)
+        return images
+
     def lr_latent(self, images: torch.Tensor) -> LRLatent:
         """Step 1, shared by inference, training and the diagnostics: LR [B, 3, h, w] in [0, 1] →
-        bicubic ×scale → pad → normalised latent z_σ."""
-        upsampled, size = self.upsample_and_pad(images)
-        return LRLatent(upsampled, size, self.encode(upsampled))
+        bicubic ×scale → pad → normalised latent z_σ.
+
+        With a pixel path the LR is padded first (:meth:`pad_lr`) and upsampled whole, so the
+        latent lines up with the pixel path's input; without the latent branch no encoder runs.
+        """
+        if self.pixel_path is None:
+            upsampled, size = self.upsample_and_pad(images)
+            return LRLatent(upsampled, size, self.encode(upsampled))
+        size = (images.shape[-2] * self.scale, images.shape[-1] * self.scale)
+        lr = self.pad_lr(images)
+        if not self.pixel_path.uses_latent:
+            return LRLatent(None, size, None, lr)  # type: ignore[arg-type]
+        upsampled = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
+        return LRLatent(upsampled, size, self.encode(upsampled), lr)
 
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
         """Images in [0,1] (already at the output size) → normalised latent (DiT space)."""
@@ -169,15 +205,22 @@ class OP4KSRPipeline(ConfigPipeline):
             return_dict=False,
         )[0]
 
-    def decode(self, z0: torch.Tensor, guide_image: torch.Tensor | None = None, fidelity: float | None = None,
-               clamp: bool = True) -> torch.Tensor:
+    def decode(self, z0: torch.Tensor | None, guide_image: torch.Tensor | None = None, fidelity: float | None = None,
+               clamp: bool = True, lr: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised latent → images in [0, 1] (not cropped).
 
         ``guide_image`` is the padded bicubic-upscaled LR (:meth:`upsample_and_pad`); with a
         compensation part and ``fidelity`` > 0 the decoder sees it (``fidelity`` defaults to the
         model's). ``clamp=False`` keeps gradients of out-of-range values (training).
+        With a pixel path the output is drawn from ``lr`` (the padded LR, :attr:`LRLatent.lr`)
+        with ``z0`` fused in, at the ``fidelity`` blend of its two ends; the decoder is not used.
         """
         weight = self.fidelity if fidelity is None else check_fidelity(fidelity)
+        if self.pixel_path is not None:
+            if lr is None:
+                raise ValueError("a pixel-path model decodes from the padded LR: pass lr=LRLatent.lr")
+            out = self.pixel_path(lr, z0, weight)
+            return out.clamp_(0.0, 1.0) if clamp else out
         latents = self.vae.denormalize(z0)
         if self.compensation is None or guide_image is None or weight == 0.0:
             out = self.vae.decode_images(latents)
@@ -263,11 +306,12 @@ class OP4KSRPipeline(ConfigPipeline):
         images = images.to(self.device, self.dtype)
         lr = self.lr_latent(images)
         guide_image = lr.upsampled if self.compensation is not None and weight > 0 else None
-        size, z = lr.size, lr.latent
+        size, z, lr_padded = lr.size, lr.latent, lr.lr
         del lr  # without compensation, free the full-size input before the DiT (peak = max of stages)
-        z0 = self.denoise_tiled(z, tiles) if tiled else self.denoise(z)
+        z0 = None if z is None else self.denoise_tiled(z, tiles) if tiled else self.denoise(z)
         del z
-        out = self.decode(z0, guide_image, weight)  # padded to the token grid
+        out = self.decode(z0, guide_image, weight, lr=lr_padded)  # padded to the token grid
+        del lr_padded
         del z0
         return self.post_process(out, guide_image, size, color_fix, grid_fix, images=images).float()
 

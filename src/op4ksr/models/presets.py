@@ -33,11 +33,14 @@ class ModelPreset:
     # from the VAE. Zero-initialised, so a fresh one leaves the decoder's output unchanged.
     compensation: dict[str, Any] = field(default_factory=lambda: dict(guide_channels=64, head_channels=64,
                                                                        head_layers=2))
+    # The pixel path (models/pixel_path.py: SPAN at the LR size with the DiT's latent fused in),
+    # constructor arguments; None: the output comes from the F16 decoder (the paper's path).
+    pixel_path: dict[str, Any] | None = None
 
 
 _PRESETS: dict[str, ModelPreset] = {}
 # the parts ``build_pipeline(overrides=…)`` (and a training config's model.overrides) may change
-OVERRIDE_PARTS = ("vae", "transformer", "prompt", "compensation", "pipeline")
+OVERRIDE_PARTS = ("vae", "transformer", "prompt", "compensation", "pixel_path", "pipeline")
 
 
 def register_preset(preset: ModelPreset) -> ModelPreset:
@@ -75,13 +78,15 @@ register_preset(ModelPreset(
     pipeline=dict(sigma=DEFAULT_SIGMA, scale=4, guidance=1.0),
 ))
 
-# Same structure, sized so that 1024→4096 runs in about a minute on a 2-core CPU (docs/PERFORMANCE.md).
-# No mid-block attention in the VAE: at 4K its 65,536-pixel self-attention alone would cost
-# ~2 TFLOP. Head dim 64 split (8, 28, 28) keeps RoPE's 28-dim row/col axes of the full model
-# halved; θ = 100 as in OP4KSR.
+# Same structure, sized for a 2-core CPU (docs/PERFORMANCE.md). No mid-block attention in the
+# VAE: at 4K its 65,536-pixel self-attention alone would cost ~2 TFLOP. Head dim 64 split
+# (8, 28, 28) keeps RoPE's 28-dim row/col axes of the full model halved; θ = 100 as in OP4KSR.
+# v2 (docs/MODEL_CARD.md): the pixels come from SPAN x4 at the LR size (48 channels, 6 blocks,
+# the official weights' shape) with the DiT's latent fused into its stem; the decoder and the
+# compensation are not on its path (the equal-budget ablation in the model card decided it).
 register_preset(ModelPreset(
     name="compact",
-    description="Compact OP4KSR for CPUs: small F16 VAE + 4-block Flux DiT (hidden 256), θ=100",
+    description="Compact OP4KSR for CPUs: small F16 encoder + 4-block Flux DiT (θ=100) guiding SPAN x4 at the LR size",
     vae=dict(block_out_channels=(16, 32, 64, 128), layers_per_block=1, latent_channels=16,
              norm_num_groups=8, scaling_factor=1.0, shift_factor=0.0, down_block_types=_DOWN,
              up_block_types=_UP, use_quant_conv=False, use_post_quant_conv=False, stride=2,
@@ -91,7 +96,9 @@ register_preset(ModelPreset(
                      guidance_embeds=False, axes_dims_rope=(8, 28, 28), rope_theta=OP4KSR_ROPE_THETA),
     prompt=dict(sequence_length=8, joint_attention_dim=64, pooled_projection_dim=64),
     pipeline=dict(sigma=0.5, scale=4, guidance=1.0),
-    compensation=dict(guide_channels=16, head_channels=32, head_layers=3),
+    compensation=dict(enabled=False, guide_channels=16, head_channels=32, head_layers=3),
+    pixel_path=dict(feature_channels=48, num_blocks=6, upscale=4, latent_channels=16, latent_factor=4,
+                    fusion_channels=64),
 ))
 
 # For tests: every code path, seconds on a CPU.
@@ -115,12 +122,17 @@ def build_pipeline(name: str, *, seed: int | None = 0, device: str | torch.devic
     """A pipeline of preset ``name`` with freshly initialised weights.
 
     ``device="meta"`` allocates nothing (for planning the full-size model). ``overrides`` maps a
-    part (``vae``, ``transformer``, ``prompt``, ``compensation``, ``pipeline``) to config values
-    that replace the preset's, e.g. ``{"transformer": {"rope_theta": 10000}}``. Every preset has
-    a (zero-initialised) compensation part; ``{"compensation": {"enabled": False}}`` leaves it out.
+    part (``vae``, ``transformer``, ``prompt``, ``compensation``, ``pixel_path``, ``pipeline``) to
+    config values that replace the preset's, e.g. ``{"transformer": {"rope_theta": 10000}}``. A
+    (zero-initialised) compensation part is built unless its ``enabled`` is False
+    (``{"compensation": {"enabled": False}}``); a pixel path is built where the preset has one
+    (``{"pixel_path": {"enabled": False}}`` leaves it out, ``{"pixel_path": {"enabled": True}}``
+    adds the default one to a preset without). A fresh pixel path's SPAN is random: load the
+    official weights with ``pipe.pixel_path.load_span`` (``op4ksr.models.span_ncnn``).
     """
     from op4ksr.models.compensation import HighFrequencyCompensation
     from op4ksr.models.pipeline import OP4KSRPipeline
+    from op4ksr.models.pixel_path import LatentGuidedSPAN
     from op4ksr.models.prompt import FixedPromptEmbeddings
     from op4ksr.models.transformer import OP4KSRTransformer
     from op4ksr.models.vae import F16AutoencoderKL
@@ -130,12 +142,15 @@ def build_pipeline(name: str, *, seed: int | None = 0, device: str | torch.devic
     unknown = set(overrides) - set(OVERRIDE_PARTS)
     if unknown:
         raise KeyError(f"unknown override part(s) {sorted(unknown)}")
-    cfg = {part: {**getattr(preset, part), **overrides.get(part, {})} for part in OVERRIDE_PARTS}
+    cfg = {part: {**(getattr(preset, part) or {}), **overrides.get(part, {})} for part in OVERRIDE_PARTS}
     from op4ksr.models.loading import check_config_limits
 
     for part, values in overrides.items():  # the bounds a model folder's configs get, before any allocation
         check_config_limits(part, f"overrides[{part!r}]", values)
     with_compensation = cfg["compensation"].pop("enabled", True)
+    with_pixel_path = cfg["pixel_path"].pop("enabled", preset.pixel_path is not None)
+    if with_pixel_path:
+        cfg["pixel_path"].setdefault("latent_channels", cfg["vae"].get("latent_channels", 16))
     device = torch.device(device)
     rng = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
     with rng, torch.device(device):
@@ -150,19 +165,35 @@ def build_pipeline(name: str, *, seed: int | None = 0, device: str | torch.devic
             prompt.pooled_prompt_embeds.data.normal_(0.0, 0.02)
         # Last, so that the other parts' weights are those of a preset without compensation.
         compensation = HighFrequencyCompensation.for_vae(vae.config, **cfg["compensation"]) if with_compensation else None
-    for part in (vae, transformer, prompt, compensation):
+        pixel_path = LatentGuidedSPAN(**cfg["pixel_path"]) if with_pixel_path else None
+    for part in (vae, transformer, prompt, compensation, pixel_path):
         if part is not None:
             part.eval()  # inference behaviour by default; the trainer switches what it trains
     if device.type == "cpu":
         vae.to(memory_format=torch.channels_last)  # same layout as a loaded model (loading.move_pipeline)
-        if compensation is not None:
-            compensation.to(memory_format=torch.channels_last)
+        for part in (compensation, pixel_path):
+            if part is not None:
+                part.to(memory_format=torch.channels_last)
     return OP4KSRPipeline(vae=vae, transformer=transformer, prompt=prompt, compensation=compensation,
-                          **cfg["pipeline"])
+                          pixel_path=pixel_path, **cfg["pipeline"])
 
 
 def build_compensation(preset: str, vae_config) -> HighFrequencyCompensation:
     """A fresh (zero-initialised) compensation part with ``preset``'s widths, matched to a VAE."""
     from op4ksr.models.compensation import HighFrequencyCompensation
 
-    return HighFrequencyCompensation.for_vae(vae_config, **get_preset(preset).compensation)
+    widths = {k: v for k, v in get_preset(preset).compensation.items() if k != "enabled"}
+    return HighFrequencyCompensation.for_vae(vae_config, **widths)
+
+
+def build_pixel_path(preset: str, vae_config, *, use_latent: bool = True):
+    """A fresh pixel path (random SPAN, zero fusion) with ``preset``'s widths, matched to a VAE's
+    latent; the compact preset's widths when ``preset`` has none."""
+    from op4ksr.models.pixel_path import LatentGuidedSPAN
+
+    widths = dict(get_preset(preset).pixel_path or get_preset("compact").pixel_path)
+    scale = int(widths.get("upscale", 4))
+    factor = 2 ** (len(vae_config.block_out_channels) - 1) * int(getattr(vae_config, "stride", 2)) // scale
+    widths.update(latent_channels=int(vae_config.latent_channels), latent_factor=max(factor, 1),
+                  use_latent=use_latent)
+    return LatentGuidedSPAN(**widths)

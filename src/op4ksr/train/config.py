@@ -165,6 +165,16 @@ class SRConfig:
     compensation: bool = True
     train_compensation: bool = True
     train_decoder: bool = False  # the ablation's alternative: fine-tune the decoder without the LR
+    # The pixel path (models/pixel_path.py, the compact model v2): SPAN at the LR size with the
+    # DiT's latent fused in. `pixel_path = true` adds one (the preset's widths) when the init model
+    # has none, both ends starting from the SPAN weights `pixel_path_span` (an asset name or a
+    # .safetensors file converted by op4ksr.models.span_ncnn), and drops the compensation part.
+    pixel_path: bool = False
+    pixel_path_span: str = "span-x4"
+    pixel_path_latent: bool = True  # False: SPAN alone, the ablation without OP4KSR's path
+    train_end: str = "faithful"  # which end of the --fidelity knob trains: faithful | perceptual
+    perceptual_from_faithful: bool = False  # start the perceptual end from the faithful end's weights
+    ema_decay: float = 0.0  # > 0: export the trained end's exponential moving average (e.g. 0.999)
 
 
 @dataclass
@@ -401,6 +411,10 @@ def validate(config: TrainConfig, check_paths: bool = True) -> None:
             check_sigma(config.sr.sigma, what="sr.sigma")
         except ValueError as exc:
             raise ConfigError(f"{exc} (or 0 for the pipeline's own)") from None
+    if config.sr.train_end not in ("faithful", "perceptual"):
+        raise ConfigError(f"sr.train_end: {config.sr.train_end!r} is not faithful or perceptual")
+    if not 0.0 <= config.sr.ema_decay < 1.0:
+        raise ConfigError(f"sr.ema_decay: {config.sr.ema_decay} must be in [0, 1)")
     if config.stage in ("prior", "sr") and not config.model.init:
         raise ConfigError(f"model.init: the {config.stage} stage needs the previous stage's model directory")
     _check_model_overrides(config)

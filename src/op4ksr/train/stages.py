@@ -73,11 +73,15 @@ class Stage(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
 
+    # Frozen modules whose state still changes during training and must be checkpointed: the
+    # discriminator (its spectral-norm vectors are buffers) and an exponential moving average.
+    CHECKPOINTED_PREFIXES = ("discriminator.", "pixel_ema.")
+
     def select_trainable(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The entries of a (local or gathered) state dict that checkpoints keep: trainable
-        parameters, plus the whole discriminator (its spectral-norm vectors are buffers)."""
+        parameters, plus the modules of :attr:`CHECKPOINTED_PREFIXES`."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in state.items() if k in names or k.startswith("discriminator.")}
+        return {k: v for k, v in state.items() if k in names or k.startswith(self.CHECKPOINTED_PREFIXES)}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return self.select_trainable(self.state_dict())
@@ -106,6 +110,9 @@ class Stage(nn.Module):
 
     def fake_for_discriminator(self) -> torch.Tensor | None:
         return getattr(self, "_last_fake", None)
+
+    def after_optimizer_step(self) -> None:
+        """Called by the trainer after every optimizer step (e.g. to update a moving average)."""
 
     @torch.no_grad()
     def sample(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -265,16 +272,57 @@ class SRStage(Stage):
             self.pipe.compensation.train(cfg.sr.train_compensation).requires_grad_(cfg.sr.train_compensation)
         if cfg.sr.train_decoder:
             self.pipe.vae.decoder.requires_grad_(True)
+        self.end_fidelity = 1.0  # the fidelity the trained output is made at (full compensation / faithful end)
+        self.pixel_ema: nn.Module | None = None
+        if cfg.sr.pixel_path and self.pipe.pixel_path is None:
+            self._add_pixel_path(cfg)
+        if self.pipe.pixel_path is not None:
+            self._select_pixel_end(cfg)
         # Register the parts as children so DDP/accelerate see the trainable parameters.
         self.vae = self.pipe.vae
         self.transformer = self.pipe.transformer
         self.prompt = self.pipe.prompt
         self.compensation = self.pipe.compensation
+        self.pixel_path = self.pipe.pixel_path
         if cfg.run.gradient_checkpointing:
             self.vae.enable_gradient_checkpointing()
             self.transformer.enable_gradient_checkpointing()
         self.losses = _image_losses(cfg)
         self.discriminator, self.adversarial_losses = _adversarial(cfg)
+
+    def _add_pixel_path(self, cfg: TrainConfig) -> None:
+        """A pixel path of the preset's widths, both ends from the SPAN weights; no compensation,
+        no post-steps (the network's own output is what ships)."""
+        from op4ksr.assets import asset_path
+        from op4ksr.models.presets import build_pixel_path
+        from op4ksr.models.span_ncnn import load_span_state
+
+        spec = cfg.sr.pixel_path_span
+        path = asset_path(spec) if not spec.endswith(".safetensors") else asset_path("span-x4", spec)
+        pixel_path = build_pixel_path(cfg.model.preset, self.pipe.vae.config, use_latent=cfg.sr.pixel_path_latent)
+        pixel_path.load_span(load_span_state(path).state_dict())
+        self.pipe.register_modules(pixel_path=pixel_path.to(memory_format=torch.channels_last), compensation=None)
+        self.pipe.register_to_config(color_fix="none", grid_fix="none")
+
+    def _select_pixel_end(self, cfg: TrainConfig) -> None:
+        """Freeze the pixel path but the end ``sr.train_end``; optionally keep its moving average."""
+        pixel_path = self.pipe.pixel_path.requires_grad_(False).eval()
+        if cfg.sr.perceptual_from_faithful:
+            pixel_path.perceptual.load_state_dict(pixel_path.faithful.state_dict())
+        self.end_fidelity = 1.0 if cfg.sr.train_end == "faithful" else 0.0
+        self.train_end = cfg.sr.train_end
+        branch = getattr(pixel_path, cfg.sr.train_end).train().requires_grad_(True)
+        self.ema_decay = cfg.sr.ema_decay
+        if self.ema_decay > 0:
+            self.pixel_ema = copy.deepcopy(branch).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        if self.pixel_ema is None:
+            return
+        branch = getattr(self.pipe.pixel_path, self.train_end)
+        for ema, current in zip(self.pixel_ema.parameters(), branch.parameters()):
+            ema.lerp_(current, 1.0 - self.ema_decay)
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         hr, lr = batch["hr"], batch["lr"]
@@ -290,9 +338,10 @@ class SRStage(Stage):
                     z_hr = self.frozen_vae.normalize(self.frozen_vae.encode_mode(hr))
                 noise = torch.randn(z_hr.shape, generator=generator, device=z_hr.device, dtype=z_hr.dtype)
                 latent_terms = self.latent_losses.terms(z_lr, noisy_latent(z_hr, noise, sigma))
-            z0 = self.pipe.denoise(z_lr)
-        # full compensation in training; users turn it down with --fidelity
-        sr = self.pipe.decode(z0, lr_latent.upsampled, fidelity=1.0, clamp=False)[..., : hr.shape[-2], : hr.shape[-1]]
+            z0 = None if z_lr is None else self.pipe.denoise(z_lr)
+        # full compensation (or the trained end of the pixel path); users set --fidelity
+        sr = self.pipe.decode(z0, lr_latent.upsampled, fidelity=self.end_fidelity, clamp=False,
+                              lr=lr_latent.lr)[..., : hr.shape[-2], : hr.shape[-1]]
         loss, logs = self.losses(sr, hr)
         self._last_fake = sr
         return self.latent_losses.add_terms(loss, logs, latent_terms), logs
@@ -304,7 +353,11 @@ class SRStage(Stage):
         hr, lr = batch["hr"], batch["lr"]
         lr_latent = self.pipe.lr_latent(lr)
         (h, w), x = lr_latent.size, lr_latent.upsampled
-        out = self.pipe.decode(self.pipe.denoise(lr_latent.latent), x)  # padded to the token grid
+        if x is None:  # a pixel path without the latent branch: no bicubic was made
+            x = self.pipe.upsample_and_pad(lr)[0]
+        z0 = None if lr_latent.latent is None else self.pipe.denoise(lr_latent.latent)
+        fidelity = self.end_fidelity if self.pipe.pixel_path is not None else None  # the end being trained
+        out = self.pipe.decode(z0, x, fidelity, lr=lr_latent.lr)  # padded to the token grid
         raw = out[..., :h, :w].clone()
         pred = self.pipe.post_process(out, x, (h, w))  # = self.pipe(lr), one network pass for both
         return {"pred": pred, "raw": raw, "target": hr, "bicubic": x[..., :h, :w]}
@@ -317,6 +370,10 @@ class SRStage(Stage):
         adapters = directory.parent / f"{directory.name}-lora"
         adapters.mkdir(parents=True, exist_ok=True)
         pipe = copy.deepcopy(self.pipe)
+        if self.pixel_ema is not None:  # ship the moving average of the trained end
+            getattr(pipe.pixel_path, self.train_end).load_state_dict(self.pixel_ema.state_dict())
+        if pipe.pixel_path is not None:
+            pipe.pixel_path.eval()
         for part in self.adapted:
             save_lora(getattr(pipe, part), adapters / f"{part}_lora.safetensors")
             merge_lora(getattr(pipe, part))
@@ -326,6 +383,8 @@ class SRStage(Stage):
             trained.append("compensation")
         if any(p.requires_grad for p in self.pipe.vae.decoder.parameters()):
             trained.append("vae.decoder")
+        if self.pipe.pixel_path is not None:
+            trained.append(f"pixel_path.{self.train_end}" + (" (EMA)" if self.pixel_ema is not None else ""))
         _write_training_note(directory, "sr", trained=trained)
         return directory
 

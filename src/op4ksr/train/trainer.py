@@ -310,6 +310,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             if oc.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, oc.max_grad_norm)
             optimizer.step()
+            stage.after_optimizer_step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if disc_optimizer is not None and step >= cfg.loss.adversarial_start:

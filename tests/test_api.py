@@ -84,3 +84,41 @@ def test_tiny_preset_through_a_saved_folder(tmp_path: Path) -> None:
     upscaler = Upscaler(str(tmp_path / "tiny"), device="cpu")
     out = upscaler(np.random.default_rng(0).integers(0, 256, (24, 40, 4), dtype=np.uint8), scale=3)
     assert (out.mode, out.size) == ("RGBA", (120, 72))
+
+
+# --- in-memory inputs get the file path's limits (issue 24) -----------------------------------
+def test_max_pixels_applies_to_pil_images_and_arrays_before_decoding():
+    from op4ksr.io.images import ImageError
+
+    pipe = InterpolationPipeline()  # records each call in pipe.calls
+    upscaler = Upscaler(pipe)
+    big = Image.new("RGB", (3000, 3000))
+    with pytest.raises(ImageError, match="3000×3000 = 9,000,000 pixels exceeds the limit of 100"):
+        upscaler(big, max_pixels=100)
+    with pytest.raises(ImageError, match="exceeds the limit of 100"):
+        upscaler(np.zeros((20, 20, 3), np.uint8), max_pixels=100)
+    assert pipe.calls == []
+    assert upscaler(Image.new("RGB", (10, 10)), max_pixels=100).size == (40, 40)  # at the limit: fine
+
+
+@pytest.mark.parametrize("limit", [0, -5, 2.5, True])
+def test_a_limit_that_is_no_limit_is_refused(tmp_path, limit):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(image)
+    upscaler = Upscaler(InterpolationPipeline())
+    with pytest.raises(ValueError, match="max_pixels must be a positive whole number"):
+        upscaler(Image.new("RGB", (4, 4)), max_pixels=limit)
+    with pytest.raises(ValueError, match="max_pixels must be a positive whole number"):
+        upscaler.upscale_file(image, tmp_path / "out.png", max_pixels=limit)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_float_image_holding_nan_never_reaches_the_model():
+    from op4ksr.io.images import ImageError
+
+    pipe = InterpolationPipeline()  # records each call in pipe.calls
+    values = np.full((8, 8), 0.5, np.float32)
+    values[3, 4] = np.nan
+    with pytest.raises(ImageError, match="32-bit float image holds NaN or Inf"):
+        Upscaler(pipe)(Image.fromarray(values, mode="F"))
+    assert pipe.calls == []

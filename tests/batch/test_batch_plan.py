@@ -109,14 +109,20 @@ def test_stale_temps_of_our_outputs_only_are_removed(tmp_path: Path) -> None:
     a = _img(tmp_path / "a.png")
     out = tmp_path / "out"
     out.mkdir()
-    stale = out / ".a_x4.k2j3h4.part.png"
-    unrelated = out / ".b_x4.k2j3h4.part.png"
-    stale.write_bytes(b"half")
-    unrelated.write_bytes(b"half")
+    import os
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=".a_x4.", suffix=".part.png", dir=out)  # what a killed write leaves
+    os.close(fd)
+    stale = Path(name)
+    # not ours: another output's temp, and files that only look alike (issue 24)
+    unrelated = [out / ".b_x4.k2j3h4x9.part.png", out / ".a_x4.v2_x4.k3j9x0qz.part.png", out / ".a_x4.notes.part.png"]
+    for path in (stale, *unrelated):
+        path.write_bytes(b"half")
     plan = plan_batch([a], _opts(tmp_path))
     assert plan.stale_temps == [stale]
     assert remove_stale_temps(plan) == 1
-    assert not stale.exists() and unrelated.exists()
+    assert not stale.exists() and all(p.exists() for p in unrelated)
 
 
 def test_memory_planner_refusal_is_a_per_file_failure(tmp_path: Path) -> None:
@@ -156,3 +162,45 @@ def test_process_item_never_raises_for_unexpected_errors(tmp_path: Path) -> None
     item = WorkItem(_img(tmp_path / "a.png"), tmp_path / "out" / "a_x4.png", "a.png")
     result = process_item(Upscaler(Broken()), item, _opts(tmp_path))
     assert (result.status, result.reason) == ("failed", "RuntimeError: kernel exploded")
+
+
+@pytest.mark.parametrize("names", [("A.png", "a.png"), ("caf\u00e9.png", "cafe\u0301.png")])
+def test_outputs_equal_after_case_folding_or_normalisation_are_refused(tmp_path: Path, names) -> None:
+    """Distinct names on Linux, one file on APFS/exFAT/SMB: --overwrite would replace one with the other."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in names:
+        _img(src / name)
+    if len(list(src.iterdir())) < 2:
+        pytest.skip("this file system already merges the two names")
+    with pytest.raises(PlanError) as info:
+        plan_batch([src], _opts(tmp_path, existing="overwrite"))
+    (problem,) = info.value.problems
+    assert "differ only in letter case or Unicode form" in problem
+    for name in names:  # both outputs named, each in its own Unicode form
+        assert str(tmp_path / "out" / f"{Path(name).stem}_x4.png") in problem
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_mirrored_subfolder_that_is_a_file_fails_in_planning(tmp_path: Path) -> None:
+    _img(tmp_path / "src" / "sub" / "a.png")
+    _img(tmp_path / "src" / "b.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").write_bytes(b"a file where the subfolder goes")
+    plan = plan_batch([tmp_path / "src"], _opts(tmp_path, recursive=True, existing="overwrite"))
+    assert [i.output.name for i in plan.items] == ["b_x4.png"]  # the other file still runs
+    (failed,) = plan.preflight
+    assert failed.status == "failed"
+    assert failed.reason == f"cannot write: {tmp_path / 'out' / 'sub'} is a file, not a folder"
+    assert (tmp_path / "out" / "sub").read_bytes() == b"a file where the subfolder goes"
+
+
+def test_a_folder_turned_file_after_planning_is_not_called_output_exists(tmp_path: Path) -> None:
+    a = _img(tmp_path / "src" / "sub" / "a.png")
+    options = _opts(tmp_path, recursive=True, existing="overwrite")
+    plan = plan_batch([tmp_path / "src"], options)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").write_bytes(b"appeared after planning")
+    result = process_item(Upscaler(InterpolationPipeline()), plan.items[0], options)
+    assert result.status == "failed" and result.reason.startswith("cannot write output (")
+    assert "output exists" not in result.reason and a.is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,10 @@ def test_ray_matches_local_run(tmp_path: Path, ray_local) -> None:
     local_opts = BatchOptions(out_dir=tmp_path / "local", recursive=True)
     ray_opts = BatchOptions(out_dir=tmp_path / "ray", recursive=True)
     (tmp_path / "ray").mkdir()
-    stale = tmp_path / "ray" / ".a_x4.zz.part.png"
-    stale.write_bytes(b"left by a killed run")
+    fd, name = tempfile.mkstemp(prefix=".a_x4.", suffix=".part.png", dir=tmp_path / "ray")  # as a killed write leaves it
+    os.write(fd, b"left by a killed run")
+    os.close(fd)
+    stale = Path(name)
 
     upscaler = Upscaler(InterpolationPipeline())
     local = run_batch(plan_batch([src], local_opts), lambda item: process_item(upscaler, item, local_opts))

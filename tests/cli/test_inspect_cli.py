@@ -70,3 +70,46 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", str(clean), "--reference", str(small), "--out", str(tmp_path / "r")])
     assert result.exit_code != 0
     assert "chelsea.png" in result.output and "sizes must match" in result.output
+
+
+# --- misleading messages (issue 24) -----------------------------------------------------------
+def _error(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_threshold_nan_is_refused(tmp_path: Path) -> None:
+    clean, _ = _write(tmp_path)
+    line = _error(runner.invoke(app, ["inspect", str(clean), "--threshold-db", "nan"]))
+    assert "threshold_db must be a finite number of dB, got nan" in line
+    assert not (tmp_path / "chelsea_inspect").exists()
+
+
+def test_a_reference_of_another_size_says_so_not_too_small(tmp_path: Path) -> None:
+    clean, _ = _write(tmp_path)
+    small = tmp_path / "small.png"
+    Image.fromarray(data.chelsea()[:40, :50]).save(small)
+    line = _error(runner.invoke(app, ["inspect", str(clean), "--reference", str(small), "--out", str(tmp_path / "r")]))
+    assert "reference is 50×40, image is 451×300: sizes must match" in line and "too small" not in line
+
+
+def test_inspect_suggests_only_its_own_options(tmp_path: Path) -> None:
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    line = _error(runner.invoke(app, ["inspect", str(folder)]))
+    assert "is a folder; inspect takes image files" in line and "--recursive" not in line
+    clean, _ = _write(tmp_path)
+    line = _error(runner.invoke(app, ["inspect", str(clean), "--max-pixels", "1000"]))
+    assert "--max-pixels" in line  # the option it suggests exists here
+    assert runner.invoke(app, ["inspect", "--help"]).output.count("--max-pixels") == 1
+
+
+def test_the_table_shows_names_escaped_and_not_as_markup(tmp_path: Path) -> None:
+    clean, _ = _write(tmp_path)
+    odd = tmp_path / "[red]x\x1b[2Jy.png"
+    odd.write_bytes(clean.read_bytes())
+    result = runner.invoke(app, ["inspect", str(odd), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output  # escaped, so it cannot clear the screen
+    assert "[red]x" in result.output  # shown as written, not taken as rich markup

@@ -187,3 +187,24 @@ def test_json_summary_is_stable() -> None:
 def test_rejects_images_smaller_than_a_period() -> None:
     with pytest.raises(ValueError, match="smaller than one period|too small"):
         inspect_image(np.zeros((20, 20)))
+
+
+def test_a_failed_report_write_leaves_nothing_that_blocks_the_rerun(tmp_path, monkeypatch):
+    from op4ksr.eval.diagnostics import inspector
+    from op4ksr.utils import atomic
+
+    report = inspect_image(np.random.default_rng(0).random((64, 64, 3), dtype=np.float32))
+    real_write = atomic.atomic_write_text
+
+    def full_disk_at_html(path, text, **kwargs):
+        if path.name == "index.html":
+            raise OSError(28, "No space left on device")
+        return real_write(path, text, **kwargs)
+
+    monkeypatch.setattr(atomic, "atomic_write_text", full_disk_at_html)
+    with pytest.raises(OSError, match="No space left"):
+        inspector.save_inspection(report, tmp_path / "r", image_name="x.png")
+    assert not (tmp_path / "r").exists()  # the PNGs and report.json written before are gone too
+    monkeypatch.setattr(atomic, "atomic_write_text", real_write)
+    paths = inspector.save_inspection(report, tmp_path / "r", image_name="x.png")  # no "exists"
+    assert all(p.is_file() for p in paths.values())

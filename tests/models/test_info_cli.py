@@ -95,3 +95,29 @@ def test_sr_training_estimate_for_the_full_size_model():
     training = json.loads(info.output)["training"]
     assert training["one_gpu"]["per_gpu_bytes"] == one.per_gpu_bytes
     assert training["fsdp_8_gpus"]["per_gpu_bytes"] == sharded.per_gpu_bytes
+
+
+# --- export option errors (issue 24): one line before any work, nothing replaced -------------
+def _export_error(*args) -> str:
+    result = CliRunner().invoke(app, ["export", *map(str, args)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    return lines[0]
+
+
+def test_export_out_that_is_a_file_or_a_link_loop_is_refused(tiny_model_dir, tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    line = _export_error(tiny_model_dir, "--out", target, "--overwrite")
+    assert f"--out {target}: exists and is not a folder" in line and target.read_text() == "mine"
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    line = _export_error(tiny_model_dir, "--out", loop, "--overwrite")
+    assert f"--out {loop}: is a symbolic link" in line and loop.is_symlink()
+
+
+def test_export_dtype_int8_is_refused_before_any_work(tiny_model_dir, tmp_path):
+    line = _export_error(tiny_model_dir, "--out", tmp_path / "m", "--dtype", "int8")
+    assert "--dtype int8: unknown dtype 'int8'" in line
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()

@@ -3,6 +3,7 @@
 import json
 
 import torch
+from numerics import assert_same_function
 
 from op4ksr.models.loading import from_pretrained
 from op4ksr.train.config import load_config
@@ -34,7 +35,7 @@ def test_compensation_only_run_trains_nothing_else(tmp_path, photo_dir, tiny_ini
     assert trained.compensation.head[-1].weight.abs().sum() > 0
     lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(trained(lr), trained(lr, fidelity=0.0))
-    torch.testing.assert_close(trained(lr, fidelity=0.0), init(lr), rtol=0, atol=1e-6)
+    assert_same_function(trained, init, lr, a_call={"fidelity": 0.0})
 
 
 def test_decoder_finetune_alternative_trains_only_the_decoder(tmp_path, photo_dir, tiny_init_dir):
@@ -61,7 +62,6 @@ def test_a_checkpoint_exports_like_the_finished_run(tmp_path, photo_dir, tiny_in
     assert cli.exit_code == 0, cli.output
     assert f"exported {checkpoint}" in cli.output
     lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(from_pretrained(tmp_path / "exported")(lr), from_pretrained(result.model_dir)(lr),
-                               rtol=0, atol=1e-6)
+    assert_same_function(from_pretrained(tmp_path / "exported"), from_pretrained(result.model_dir), lr)
     bad = CliRunner().invoke(app, ["export", str(tmp_path / "run" / "checkpoints"), "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0

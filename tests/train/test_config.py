@@ -61,3 +61,54 @@ def test_missing_perceptual_asset_stops_training_with_the_fetch_command(tmp_path
     with pytest.raises(AssetMissingError, match="op4ksr assets fetch vgg16"):
         train(cfg)
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+# --- hostile configs (issue 24): each refused before any model is built or any file written
+@pytest.mark.parametrize("override,message", [
+    ("model.overrides={vae={block_out_channels=[100000,100000,100000,100000]}}",
+     r"model.overrides.vae: the vae config has block_out_channels = \[100000"),
+    ("model.overrides={transformer={num_layers=200000}}", "num_layers = 200000, outside 0–512"),
+    ("model.overrides={transformer={num_layers=nan}}", "num_layers = nan"),
+    ("model.overrides={decoder={x=1}}", "model.overrides.decoder: not a part"),
+    ("data.crop_size=0", "data.crop_size: 0 must be positive"),
+    ("data.crop_size=-64", "data.crop_size: -64 must be positive"),
+    ("optim.lr=inf", "optim.lr: inf is not a finite number"),
+    ("optim.lr=nan", "optim.lr: nan is not a finite number"),
+    ("optim.lr=0", "optim.lr: must be positive"),
+    ("optim.beta2=1.5", "beta1/beta2 in"),
+    ("optim.max_grad_norm=-1", "optim.max_grad_norm: must be 0 \\(no clipping\\) or positive"),
+    ("loss.mse=nan", "loss.mse: nan is not a finite number"),
+    ('run.device="quantum"', "run.device: 'quantum' is not one of auto, cpu, cuda, mps"),
+    ("run.max_minutes=nan", "run.max_minutes: nan is not a finite number"),
+    ("run.keep_checkpoints=-1", "run.keep_checkpoints: must be 0 or positive"),
+    ("data.val_images=-2", "data.val_images: must be 0 or positive"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps: must be 0 or positive"),
+])
+def test_hostile_training_settings_are_refused_up_front(tmp_path, photo_dir, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ['stage="vae"', 'model.preset="tiny"', f'data.train=["{photo_dir}"]',
+                           f'run.output_dir="{tmp_path / "run"}"', override])
+    assert not (tmp_path / "run").exists()
+
+
+def test_zero_means_off_where_the_trainer_says_so(photo_dir):
+    cfg = load_config(None, ['stage="vae"', 'model.preset="tiny"', f'data.train=["{photo_dir}"]',
+                             "optim.max_grad_norm=0", "optim.warmup_steps=0", "run.keep_checkpoints=0",
+                             "data.val_images=0", "run.max_minutes=0"])
+    assert cfg.optim.max_grad_norm == 0 and cfg.run.keep_checkpoints == 0
+
+
+def test_output_dir_naming_a_file_is_refused(tmp_path, photo_dir):
+    (tmp_path / "run").write_text("notes")
+    with pytest.raises(ConfigError, match=f"run.output_dir: {tmp_path / 'run'} exists and is not a folder"):
+        load_config(None, ['stage="vae"', 'model.preset="tiny"', f'data.train=["{photo_dir}"]',
+                           f'run.output_dir="{tmp_path / "run"}"'])
+    assert (tmp_path / "run").read_text() == "notes"
+
+
+def test_build_pipeline_applies_the_model_folder_bounds_to_overrides():
+    from op4ksr.models.presets import build_pipeline
+    from op4ksr.utils.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="num_layers = 200000"):
+        build_pipeline("tiny", device="meta", seed=None, overrides={"transformer": {"num_layers": 200000}})

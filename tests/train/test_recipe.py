@@ -48,3 +48,21 @@ def test_tiny_recipe_trains_every_stage_and_exports(tmp_path, photo_dir):
 
     with safe_open(str(weights), "pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+
+
+def test_pack_carries_only_verified_assets_with_their_sha256_record(tmp_path, photo_dir):
+    from op4ksr import assets
+    from op4ksr.train.recipe import PACK_ASSETS
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    name = PACK_ASSETS[0]
+    (cache / name).write_bytes(b"weights")
+    manifest = build_pack(tmp_path / "unverified", [photo_dir / "coffee.png"], [photo_dir / "chelsea.png"],
+                          train_side=64, assets_dir=cache)
+    assert manifest["assets"] == []  # no record: not trusted, not packed
+    assets.record_sha256(cache / name)
+    manifest = build_pack(tmp_path / "pack", [photo_dir / "coffee.png"], [photo_dir / "chelsea.png"],
+                          train_side=64, assets_dir=cache)
+    assert manifest["assets"] == [name]
+    assert assets.is_verified_file(tmp_path / "pack" / "assets" / name)  # the recipe's cache accepts it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from op4ksr.io.images import (
     DEFAULT_MAX_PIXELS,
     FORMAT_SUFFIX,
+    check_max_pixels,
     check_png_compression,
     image_suffixes,
     normalise_format,
@@ -66,6 +68,7 @@ class BatchOptions:
         if self.quality is not None and not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be 1–100, got {self.quality}")
         check_png_compression(self.png_compression)
+        check_max_pixels(self.max_pixels)
         if self.suffix is not None and (any(c in self.suffix for c in "/\\\0") or ".." in self.suffix):
             raise ValueError(f"--suffix {self.suffix!r}: a name suffix cannot hold '/', '\\', '..' or NUL")
 
@@ -217,8 +220,10 @@ def stale_temps_for(output: Path) -> list[Path]:
     """Temporaries ``atomic_path`` left for ``output`` (``.<stem>.*.part<ext>``) after a kill."""
     if not output.parent.is_dir():
         return []
-    pattern = f".{glob.escape(output.stem)}.*.part{glob.escape(output.suffix)}"
-    return sorted(p for p in output.parent.glob(pattern) if p.is_file())
+    from op4ksr.utils.atomic import is_temp_of
+
+    pattern = f".{glob.escape(output.stem)}.*.part{glob.escape(output.suffix)}"  # a superset, filtered exactly
+    return sorted(p for p in output.parent.glob(pattern) if is_temp_of(p, output) and p.is_file())
 
 
 def check_out_dir(out_dir: Path) -> Path:
@@ -236,6 +241,32 @@ def check_out_dir(out_dir: Path) -> Path:
         if parent.exists() and not parent.is_dir():
             raise PlanError([f"-o {out_dir}: {parent} is a file, not a folder"])
     return resolved
+
+
+def _file_in_the_way(output: Path, out_dir: Path) -> Path | None:
+    """A mirrored subfolder of ``output`` under ``out_dir`` that exists as a file, if any."""
+    folder = output.parent
+    while folder != out_dir and out_dir in folder.parents:
+        if folder.exists() and not folder.is_dir():
+            return folder
+        folder = folder.parent
+    return None
+
+
+def _folded_key(path: Path) -> str:
+    """What a case-insensitive, normalising file system (APFS, exFAT, SMB, NTFS) sees as the name."""
+    return unicodedata.normalize("NFC", str(path)).casefold()
+
+
+def _folded_collisions(outputs: dict[str, Path]) -> list[str]:
+    """Distinct outputs that differ only in case or Unicode form (``A.png``/``a.png``, NFC/NFD
+    ``café``): one file on such a file system, so one would silently replace the other."""
+    groups: dict[str, list[Path]] = {}
+    for out in outputs.values():
+        groups.setdefault(_folded_key(out), []).append(out)
+    return [f"{', '.join(str(p) for p in paths)}: outputs that differ only in letter case or Unicode form "
+            "are one file on case-insensitive file systems (APFS, exFAT, SMB); use --suffix or separate runs"
+            for paths in groups.values() if len(paths) > 1]
 
 
 def plan_batch(inputs: Sequence[str | os.PathLike], options: BatchOptions) -> BatchPlan:
@@ -264,6 +295,7 @@ def plan_batch(inputs: Sequence[str | os.PathLike], options: BatchOptions) -> Ba
             problems.append(f"{outputs[key]}: {len(group)} inputs would write this output ({names}); use --suffix or separate runs")
         if key in input_keys:
             problems.append(f"{outputs[key]}: output would overwrite the input {input_keys[key]}")
+    problems.extend(_folded_collisions(outputs))
     if problems:
         raise PlanError(problems)
 
@@ -271,6 +303,11 @@ def plan_batch(inputs: Sequence[str | os.PathLike], options: BatchOptions) -> Ba
     stale: list[Path] = []
     for key, group in by_output.items():
         f, out = group[0], outputs[key]
+        blocking_file = _file_in_the_way(out, options.out_dir)
+        if blocking_file is not None:  # decided here, not after the model ran ("output exists")
+            preflight.append(FileResult(f.label, str(out), "failed",
+                                        f"cannot write: {blocking_file} is a file, not a folder"))
+            continue
         stale.extend(stale_temps_for(out))
         if out.is_dir():
             preflight.append(FileResult(f.label, str(out), "failed", "output path is a folder"))

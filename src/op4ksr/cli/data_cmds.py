@@ -9,8 +9,13 @@ from pathlib import Path
 import typer
 
 from op4ksr.cli.common import fail
+from op4ksr.utils.names import shown
 
 _SRC_HELP = "Image files or folders (searched recursively)."
+# Bounds of the data tools' size options: far beyond real use (×4 SR, 4K–8K suites), small
+# enough that a typo cannot ask for a terapixel image.
+MAX_DATA_SCALE = 16
+MAX_DATA_SIDE = 16384
 
 
 class Suite(str, Enum):
@@ -65,12 +70,19 @@ def degrade(
     from op4ksr.io.images import ImageError, from_tensor, to_tensor
     from op4ksr.utils.atomic import atomic_write_bytes, atomic_write_text
 
+    if not 1 <= scale <= MAX_DATA_SCALE:
+        fail(f"--scale {scale}: choose a factor from 1 to {MAX_DATA_SCALE}")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: exists and is not a folder")
+    unusable: list[tuple[Path, str]] = []
     try:
         pipe = DegradationPipeline.from_preset(preset, scale=scale)
-        paths = find_images(list(hr))
+        paths = find_images(list(hr), unusable=unusable)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    records, failed = [], 0
+    for path, reason in unusable:  # said, not dropped (as upscale does)
+        typer.echo(f"error: {shown(path)}: {reason}", err=True)
+    records, failed = [], len(unusable)
     with _progress() as progress:
         task = progress.add_task("degrade", total=len(paths))
         for path in paths:
@@ -84,7 +96,7 @@ def degrade(
                 atomic_write_bytes(target, png_bytes(Image.fromarray(arr, "RGB")), overwrite=overwrite)
                 records.append({"source": str(path), "lr": target.name, **record.to_dict()})
             except (ImageError, ValueError, FileExistsError) as exc:
-                progress.console.print(f"[red]{path}: {exc}[/red]")
+                progress.console.print(f"error: {shown(path)}: {exc}", markup=False, highlight=False)
                 failed += 1
             progress.advance(task)
     if records:
@@ -137,14 +149,22 @@ def curate(
         minimums = tuple((k, float(v)) for k, v in (m.split("=", 1) for m in min_score))
     except ValueError as exc:
         fail(f"bad --scorer/--min-score: {exc}")
+    if workers is not None and workers < 1:
+        fail(f"--workers {workers}: give at least 1 process (or leave it out for one per CPU)")
     vlm = None
-    if vlm_url:
-        prompt = vlm_prompt.read_text(encoding="utf-8") if vlm_prompt else DEFAULT_PROMPT
-        vlm = VLMConfig(url=vlm_url, model=vlm_model, prompt=prompt, timeout_s=vlm_timeout, retries=vlm_retries,
-                        concurrency=vlm_concurrency, min_score=vlm_min_score)
-    config = replace(CurationConfig(), keep_fraction=keep_fraction, min_laplacian_var=min_laplacian_var,
-                     min_sobel_energy=min_sobel_energy, max_blur=max_blur, max_noise_sigma=max_noise,
-                     scorers=tuple(specs), min_scores=minimums, vlm=vlm)
+    try:
+        if vlm_url:
+            try:
+                prompt = vlm_prompt.read_text(encoding="utf-8") if vlm_prompt else DEFAULT_PROMPT
+            except (OSError, UnicodeDecodeError) as exc:
+                fail(f"--vlm-prompt {vlm_prompt}: cannot read it as a text file ({getattr(exc, 'strerror', None) or exc})")
+            vlm = VLMConfig(url=vlm_url, model=vlm_model, prompt=prompt, timeout_s=vlm_timeout, retries=vlm_retries,
+                            concurrency=vlm_concurrency, min_score=vlm_min_score)
+        config = replace(CurationConfig(), keep_fraction=keep_fraction, min_laplacian_var=min_laplacian_var,
+                         min_sobel_energy=min_sobel_energy, max_blur=max_blur, max_noise_sigma=max_noise,
+                         scorers=tuple(specs), min_scores=minimums, vlm=vlm)
+    except ValueError as exc:  # the configs' own range checks (keep_fraction nan or -1, …)
+        fail(str(exc))
 
     with _progress() as progress:
         tasks: dict[str, int] = {}
@@ -160,11 +180,16 @@ def curate(
         except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
             progress.stop()
             fail(str(exc))
+    for path, reason in result.unusable:  # said, not dropped (as upscale does)
+        typer.echo(f"error: {shown(path)}: {reason}", err=True)
     rejected = len(result.rows) - result.kept
     unreadable = sum(r["stage"] == 0 for r in result.rows)
     state = "written" if result.manifest_written else "unchanged"
+    not_files = f"; {len(result.unusable)} not files (listed above)" if result.unusable else ""
     typer.echo(f"{out}: {state}; {len(result.rows)} files, {result.kept} kept, {rejected} rejected "
-               f"({unreadable} unreadable); scored {result.scored} now, {result.vlm_requests} VLM requests")
+               f"({unreadable} unreadable); scored {result.scored} now, {result.vlm_requests} VLM requests{not_files}")
+    if result.unusable:
+        raise typer.Exit(1)
 
 
 def make_bench(
@@ -181,6 +206,13 @@ def make_bench(
     """Build a benchmark suite with a sha256 manifest; rebuilding gives identical files."""
     from op4ksr.data.bench_suites import BenchConfig, build_suite
 
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: exists and is not a folder")
+    if not 1 <= scale <= MAX_DATA_SCALE:
+        fail(f"--scale {scale}: choose a factor from 1 to {MAX_DATA_SCALE}")
+    for flag, value in (("--long-side", long_side), ("--size", size)):
+        if not 1 <= value <= MAX_DATA_SIDE:
+            fail(f"{flag} {value}: choose a side from 1 to {MAX_DATA_SIDE} px")
     config = BenchConfig(long_side=long_side, size=size, scale=scale, preset=preset, seed=seed)
     with _progress() as progress:
         task = progress.add_task(f"make-bench {suite.value}", total=None)
@@ -191,7 +223,7 @@ def make_bench(
             progress.stop()
             fail(str(exc))
     for s in result.skipped:
-        typer.echo(f"skipped {s['source']}: {s['reason']}", err=True)
+        typer.echo(f"skipped {shown(s['source'])}: {shown(s['reason'])}", err=True)
     typer.echo(f"{result.manifest}: {len(result.entries)} images, {len(result.skipped)} skipped")
 
 
@@ -220,7 +252,7 @@ def make_tiles(
             try:
                 records.extend(cut([Path(file)], out, TileSpec(size=size, stride=stride)))
             except (OSError, ValueError) as exc:
-                typer.echo(f"{file}: skipped: {exc}", err=True)
+                typer.echo(f"{shown(file)}: skipped: {shown(str(exc))}", err=True)
             bar.advance(task)
     index = write_tile_index(records, out)
     typer.echo(f"{len(records)} tiles from {len(files)} images → {out} (index {index})")

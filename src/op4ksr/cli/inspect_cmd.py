@@ -13,8 +13,10 @@ from typing import Annotated
 import typer
 
 from op4ksr.cli.common import fail
+from op4ksr.io.limits import DEFAULT_MAX_PIXELS
 from op4ksr.models.constants import TOKEN_PERIOD
 from op4ksr.utils.errors import one_line
+from op4ksr.utils.names import json_safe, shown, with_raw_names
 
 JSON_SCHEMA_VERSION = 1
 
@@ -38,11 +40,14 @@ def register(app: typer.Typer) -> None:
                           "Default: <image folder>/<stem>_inspect/.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (schema_version 1) to stdout.")] = False,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing report files.")] = False,
+        max_pixels: Annotated[int, typer.Option(
+            "--max-pixels", min=1, help="Refuse larger images (decompression bombs), as upscale does.")] = DEFAULT_MAX_PIXELS,
     ) -> None:
         """Grid score at the token period, dominant period, heatmap and spectrum (paper Fig. 10)."""
         from rich.console import Console
         from rich.progress import Progress
         from rich.table import Table
+        from rich.text import Text
 
         from op4ksr.eval.diagnostics.inspector import (
             DEFAULT_THRESHOLD_DB,
@@ -58,11 +63,13 @@ def register(app: typer.Typer) -> None:
             config = InspectorConfig(period=period,
                                      threshold_db=DEFAULT_THRESHOLD_DB if threshold_db is None else threshold_db)
         except ValueError as exc:
-            fail(f"--period {period}: {exc}")
+            fail(f"--period {period} / --threshold-db {threshold_db}: {exc}")
 
         def load(path: Path):  # -> np.ndarray [H, W, C] float32 in [0, 1]
+            if path.is_dir():  # said here: the reader's own hint names upscale's --recursive
+                fail(f"{path}: is a folder; inspect takes image files (e.g. {path / '*.png'})")
             try:
-                return load_image(path).pixels
+                return load_image(path, max_pixels=max_pixels).pixels
             except (ImageError, OSError) as exc:
                 fail(f"{path}: {getattr(exc, 'reason', None) or one_line(exc)}")
 
@@ -76,16 +83,18 @@ def register(app: typer.Typer) -> None:
                 folder = (out / f"{path.stem}_inspect") if out is not None else _default_out(path)
                 try:
                     report = inspect_image(pixels, config)
-                    extra: dict = {"path": str(path)}
+                    # names that are not UTF-8 are shown escaped, their bytes kept as path_raw
+                    extra: dict = with_raw_names({"path": str(path)}, ("path",))
                     if reference_pixels is not None:
                         comparison = compare_to_reference(pixels, reference_pixels, report, config)
-                        extra["reference"] = {"path": str(reference), **comparison.to_dict()}
-                    files = save_inspection(report, folder, image_name=path.name, luma=to_luma(pixels),
+                        extra["reference"] = {**with_raw_names({"path": str(reference)}, ("path",)),
+                                              **comparison.to_dict()}
+                    files = save_inspection(report, folder, image_name=shown(path.name), luma=to_luma(pixels),
                                             extra=extra, overwrite=overwrite)
                 except (ValueError, FileExistsError, OSError) as exc:
                     fail(f"{path}: {one_line(exc)}")
-                results.append({**extra, **report.to_dict(), "report_dir": str(folder),
-                                "outputs": {key: str(p) for key, p in files.items()}})
+                results.append(with_raw_names({**extra, **report.to_dict(), "report_dir": str(folder)}, ("report_dir",))
+                               | {"outputs": json_safe({key: str(p) for key, p in files.items()})})
                 progress.advance(task)
 
         if as_json:
@@ -96,12 +105,13 @@ def register(app: typer.Typer) -> None:
             table.add_column(column)
         for row in results:
             dominant = "-" if row["dominant_period"] is None else f"{row['dominant_period']} px ({row['dominant_feature']})"
-            table.add_row(Path(row["path"]).name, f"{row['score_db']:.2f}", "YES" if row["flagged"] else "no",
-                          dominant, row["outputs"]["html"])
+            # names as plain Text: escaped, and never read as rich markup ("[red]x.png")
+            table.add_row(Text(shown(Path(row["path"]).name)), f"{row['score_db']:.2f}",
+                          "YES" if row["flagged"] else "no", dominant, Text(shown(row["outputs"]["html"])))
         Console().print(table)
         for row in results:
             if "reference" in row:
                 ref = row["reference"]
-                typer.echo(f"{Path(row['path']).name} vs {Path(ref['path']).name}: reference score "
+                typer.echo(f"{shown(Path(row['path']).name)} vs {shown(Path(ref['path']).name)}: reference score "
                            f"{ref['reference_score_db']:.2f} dB, added {ref['score_delta_db']:+.2f} dB, "
                            f"L_AP {ref['periodicity_loss']:.3g}")

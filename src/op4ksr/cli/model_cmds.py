@@ -109,8 +109,16 @@ def export(
     from op4ksr.utils.device import resolve_dtype
     from op4ksr.utils.errors import one_line
 
+    if out.is_symlink():  # a link (dangling, looping or not) is never replaced by a model folder
+        fail(f"--out {out}: is a symbolic link; choose a new folder")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: exists and is not a folder (--overwrite replaces only a model folder)")
     if out.exists() and not overwrite:
         fail(f"{out}: exists (use --overwrite to replace it)")
+    try:
+        storage_dtype = resolve_dtype(dtype, torch.device("cpu"))  # before any work: int8 is no choice
+    except ValueError as exc:
+        fail(f"--dtype {dtype}: {exc}")
     try:
         check_post_steps(color_fix, grid_fix, fidelity)
     except ValueError as exc:
@@ -136,7 +144,7 @@ def export(
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    export_pipeline(pipe, tmp, dtype=resolve_dtype(dtype, torch.device("cpu")))
+    export_pipeline(pipe, tmp, dtype=storage_dtype)
     if (model / "training.json").is_file():  # keep the record of how the model was trained
         shutil.copy2(model / "training.json", tmp / "training.json")
     if out.exists():

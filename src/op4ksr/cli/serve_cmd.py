@@ -14,6 +14,7 @@ import typer
 
 from op4ksr.cli.common import fail
 from op4ksr.io.limits import DEFAULT_MAX_PIXELS
+from op4ksr.utils.names import shown
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -61,7 +62,13 @@ def serve(
     """Serve a local web page: drop images, watch progress, compare before/after, download."""
     from op4ksr.api import ModelLoadError, Upscaler
     from op4ksr.serve import ServeConfig, make_server
+    from op4ksr.serve.server import check_work_dir
 
+    if work_dir is not None:  # before the models load: a file or read-only folder is not a port problem
+        try:
+            check_work_dir(work_dir)
+        except ValueError as exc:
+            fail(f"--work-dir: {exc}", 2)
     labels = list(dict.fromkeys(models or ["compact"]))
     upscalers: dict[str, Any] = {}
     for label in labels:
@@ -105,10 +112,10 @@ def _display_label(model: str) -> str:
 
 def _report_job(job: Any) -> None:
     if job.error:
-        typer.echo(f"error: {job.error}", err=True)
+        typer.echo(f"error: {shown(job.error)}", err=True)
         return
     (w, h), (ow, oh) = job.input_size, job.output_size
-    typer.echo(f"done: {job.name} {w}×{h} → {ow}×{oh} in {job.finished - job.started:.1f} s", err=True)
+    typer.echo(f"done: {shown(job.name)} {w}×{h} → {ow}×{oh} in {job.finished - job.started:.1f} s", err=True)
 
 
 def register(app: typer.Typer) -> None:

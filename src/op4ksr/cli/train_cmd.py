@@ -13,6 +13,7 @@ def train(
     config: Path = typer.Argument(..., help="Stage config (TOML), e.g. configs/compact-sr.toml."),
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. optim.lr=1e-4 run.max_steps=50."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from the latest checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in a non-empty run.output_dir."),
 ) -> None:
     """Train one stage (vae, prior or sr) with accelerate; use `accelerate launch -m op4ksr train ...` for several GPUs."""
     from op4ksr.assets import AssetMissingError
@@ -38,7 +39,7 @@ def train(
             def report(step: int, total: int, record: dict) -> None:
                 bar.update(task, completed=step, loss=record["loss"])
 
-            result = run_training(cfg, resume=resume, progress=report)
+            result = run_training(cfg, resume=resume, overwrite=overwrite, progress=report)
     except AssetMissingError as exc:
         fail(str(exc))
     except (FileNotFoundError, ValueError) as exc:

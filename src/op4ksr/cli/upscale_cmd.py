@@ -7,9 +7,7 @@ written is removed, the summary and the JSON report still come). See docs/UPSCAL
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,8 +15,9 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from op4ksr.cli.common import fail
+from op4ksr.cli.common import fail, sigterm_as_interrupt
 from op4ksr.io.limits import DEFAULT_MAX_PIXELS
+from op4ksr.utils.names import json_safe, shown
 
 
 class OutputFormat(str, Enum):
@@ -29,7 +28,7 @@ class OutputFormat(str, Enum):
 
 
 def _err(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {shown(message)}", err=True)
 
 
 def _fail_fast(message: str, as_json: bool, code: int = 2, problems: list[str] | None = None) -> NoReturn:
@@ -38,7 +37,7 @@ def _fail_fast(message: str, as_json: bool, code: int = 2, problems: list[str] |
         from op4ksr.batch.run import REPORT_SCHEMA
 
         document = {"schema": REPORT_SCHEMA, "error": message, "problems": problems or [message]}
-        typer.echo(json.dumps(document, ensure_ascii=False))
+        typer.echo(json.dumps(json_safe(document), ensure_ascii=True))
     for problem in (problems or [message])[:-1]:
         _err(problem)
     fail((problems or [message])[-1] if problems else message, code)
@@ -141,7 +140,7 @@ def upscale(
     }
     from op4ksr.batch.run import interrupted_report
 
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             if ray is not None:
                 report = _run_ray(plan, options, model, device, dtype, ray, ray_actors, as_json, meta)
@@ -150,24 +149,6 @@ def upscale(
         except KeyboardInterrupt:  # before the batch started (loading the model) or on the Ray path
             report = interrupted_report(plan)
     _finish(report, meta, as_json)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """`kill` (SIGTERM) stops a batch like Ctrl-C: the current write removes its temporary,
-    the files done so far stay, and the summary is printed."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (e.g. inside a test runner's worker)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_local(plan: Any, options: Any, model: str | None, device: str, dtype: str | None,
@@ -252,12 +233,13 @@ def _progress(total: int) -> Any:
 
 def _print_result_line(result: Any, console: Any = None) -> None:
     """Failures (and notes) as one line each on stderr, as they happen."""
+    name = shown(result.input)  # no ESC sequence or newline of a file name reaches the terminal
     if result.status == "failed":
-        line = f"error: {result.input}: {result.reason}"
+        line = f"error: {name}: {shown(result.reason)}"
     elif result.status == "skipped":
-        line = f"skipped: {result.input}: {result.reason}"
+        line = f"skipped: {name}: {shown(result.reason)}"
     else:
-        line = "".join(f"note: {result.input}: {note}\n" for note in result.notes).rstrip("\n")
+        line = "".join(f"note: {name}: {shown(note)}\n" for note in result.notes).rstrip("\n")
     if not line:
         return
     if console is not None:
@@ -269,7 +251,7 @@ def _print_result_line(result: Any, console: Any = None) -> None:
 def _finish(report: Any, meta: dict[str, Any], as_json: bool) -> None:
     summary = report.summary()
     if as_json:
-        typer.echo(json.dumps(report.to_json_dict(meta), ensure_ascii=False, indent=2))
+        typer.echo(json.dumps(report.to_json_dict(meta), ensure_ascii=True, indent=2))
     stale = f", {summary['stale_temps_removed']} stale temporary file(s) removed" if summary["stale_temps_removed"] else ""
     typer.echo(
         f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed "

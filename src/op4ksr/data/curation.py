@@ -22,7 +22,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ class CurationResult:
     vlm_requests: int  # images sent to the VLM in this run
     manifest_written: bool
     manifest: Path
+    unusable: list[tuple[Path, str]] = field(default_factory=list)  # names under the sources that are not files
 
     @property
     def kept(self) -> int:
@@ -333,7 +334,8 @@ def curate(
         raise FileExistsError(f"{manifest}: exists and was not made by this curation (use --overwrite)")
     report = on_progress or (lambda phase, done, total: None)
 
-    paths = find_images(sources, config.extensions)
+    unusable: list[tuple[Path, str]] = []
+    paths = find_images(sources, config.extensions, unusable=unusable)
     keys = {str(p): file_key(p) for p in paths}
     done_files, done_vlm = _load_progress(progress)
     pending = [p for p, k in keys.items() if k not in done_files]
@@ -373,7 +375,7 @@ def curate(
     else:
         atomic_write_text(manifest, text, overwrite=True)
         written = True
-    return CurationResult(rows, scored_now, vlm_now, written, manifest)
+    return CurationResult(rows, scored_now, vlm_now, written, manifest, unusable)
 
 
 def _without_vlm(config: CurationConfig) -> CurationConfig:

@@ -10,6 +10,8 @@ crops and degradations work on.
 
 from __future__ import annotations
 
+import errno
+import stat
 import warnings
 from pathlib import Path
 
@@ -22,18 +24,43 @@ from op4ksr.io.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, PHOTO_SUFFIXES, 
 MAX_PIXELS = 2 * DEFAULT_MAX_PIXELS
 
 
-def find_images(sources: list[str | Path], extensions: frozenset[str] = PHOTO_SUFFIXES) -> list[Path]:
-    """Files given directly, plus image files found recursively under folders; sorted, unique, absolute."""
+def find_images(sources: list[str | Path], extensions: frozenset[str] = PHOTO_SUFFIXES, *,
+                unusable: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Files given directly, plus image files found recursively under folders; sorted, unique, absolute.
+
+    Entries under a folder with an image extension that are not files (a broken symbolic link,
+    a link loop, a FIFO or device) are appended to ``unusable`` as (path, reason), so that the
+    caller reports them as ``op4ksr upscale`` does instead of dropping them without a word."""
     found: set[Path] = set()
     for src in sources:
         path = Path(src)
         if path.is_dir():
-            found.update(p.resolve() for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            for entry in path.rglob("*"):
+                if entry.suffix.lower() not in extensions:
+                    continue
+                if entry.is_file():
+                    found.add(entry.resolve())
+                elif unusable is not None and not entry.is_dir():
+                    unusable.append((entry, not_a_file_reason(entry)))
         elif path.is_file():
             found.add(path.resolve())
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     return sorted(found)
+
+
+def not_a_file_reason(path: Path) -> str:
+    """Why ``path`` (which exists as a name) is no readable file, in upscale's words."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13
+            return "symbolic link loop"
+        except OSError as exc:
+            return "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+    kind = stat.S_IFMT(path.stat().st_mode) if path.exists() else 0
+    return {stat.S_IFIFO: "a FIFO (named pipe), not a file", stat.S_IFSOCK: "a socket, not a file",
+            stat.S_IFCHR: "a device, not a file", stat.S_IFBLK: "a device, not a file"}.get(kind, "not a regular file")
 
 
 def decode_rgb(data: bytes, name: str = "<bytes>") -> Image.Image:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
-from op4ksr.io.limits import DEFAULT_MAX_PIXELS  # noqa: E402 - re-exported; defined without numpy
+from op4ksr.io.limits import DEFAULT_MAX_PIXELS, check_max_pixels  # noqa: E402 - re-exported; defined without numpy
 
 OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
 FORMAT_SUFFIX: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
@@ -234,6 +234,7 @@ def open_checked(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MA
     """
     from PIL import Image, UnidentifiedImageError
 
+    check_max_pixels(max_pixels)
     opened: Path | io.BytesIO
     if isinstance(source, bytes):
         if not source:
@@ -267,13 +268,21 @@ def open_checked(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MA
     if width <= 0 or height <= 0:
         image.close()
         raise ImageError(f"zero-sized image ({width}×{height})")
-    if width * height > max_pixels:
+    try:
+        check_pixel_count(width, height, max_pixels)
+    except ImageError:
         image.close()
+        raise
+    return image
+
+
+def check_pixel_count(width: int, height: int, max_pixels: int) -> None:
+    """ImageError when ``width × height`` exceeds ``max_pixels`` (files, PIL images and arrays alike)."""
+    if width * height > max_pixels:
         raise ImageError(
             f"{width}×{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
             "(raise it with --max-pixels)"
         )
-    return image
 
 
 def _exif_upright(image: Image.Image) -> tuple[int, bytes | None]:
@@ -386,6 +395,8 @@ def _pil_to_data(image: Image.Image, notes: list[str], icc: bytes | None) -> Ima
         return ImageData(arr[..., None] / 65535.0, bits=16, colour="grey")
     if mode == "F":
         arr = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ImageError("32-bit float image holds NaN or Inf")
         notes.append("32-bit float greyscale read as [0, 1] and written as 16-bit")
         return ImageData(np.clip(arr, 0.0, 1.0)[..., None], bits=16, colour="grey")
     raise ImageError(f"unsupported image mode {mode!r}")
@@ -399,9 +410,13 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
     """
     from PIL import Image
 
+    check_max_pixels(max_pixels)
     if isinstance(source, np.ndarray):
+        if source.ndim >= 2:  # the same limit as a file's header: before any conversion
+            check_pixel_count(source.shape[1], source.shape[0], max_pixels)
         return _array_to_data(source)
     if isinstance(source, Image.Image):
+        check_pixel_count(*source.size, max_pixels)
         return _load_pil(source, path=None)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)

@@ -39,6 +39,8 @@ class ModelPreset:
 
 
 _PRESETS: dict[str, ModelPreset] = {}
+# the parts ``build_pipeline(overrides=…)`` (and a training config's model.overrides) may change
+OVERRIDE_PARTS = ("vae", "transformer", "prompt", "compensation", "pixel_path", "pipeline")
 
 
 def register_preset(preset: ModelPreset) -> ModelPreset:
@@ -137,11 +139,14 @@ def build_pipeline(name: str, *, seed: int | None = 0, device: str | torch.devic
 
     preset = get_preset(name)
     overrides = overrides or {}
-    unknown = set(overrides) - {"vae", "transformer", "prompt", "compensation", "pixel_path", "pipeline"}
+    unknown = set(overrides) - set(OVERRIDE_PARTS)
     if unknown:
         raise KeyError(f"unknown override part(s) {sorted(unknown)}")
-    cfg = {part: {**(getattr(preset, part) or {}), **overrides.get(part, {})}
-           for part in ("vae", "transformer", "prompt", "compensation", "pixel_path", "pipeline")}
+    cfg = {part: {**(getattr(preset, part) or {}), **overrides.get(part, {})} for part in OVERRIDE_PARTS}
+    from op4ksr.models.loading import check_config_limits
+
+    for part, values in overrides.items():  # the bounds a model folder's configs get, before any allocation
+        check_config_limits(part, f"overrides[{part!r}]", values)
     with_compensation = cfg["compensation"].pop("enabled", True)
     with_pixel_path = cfg["pixel_path"].pop("enabled", preset.pixel_path is not None)
     if with_pixel_path:

@@ -237,10 +237,15 @@ class JobStore:
             return self._jobs.get(job_id)
 
     def remove(self, job_id: str) -> Job | None:
+        """Forget a job and delete its files; OSError (the job kept) when they cannot be deleted."""
         with self._lock:
-            job = self._jobs.pop(job_id, None)
-        if job is not None:
-            shutil.rmtree(job.folder, ignore_errors=True)
+            job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        with contextlib.suppress(FileNotFoundError):  # already gone (e.g. a /tmp cleaner): nothing to keep
+            shutil.rmtree(job.folder)
+        with self._lock:
+            self._jobs.pop(job_id, None)
         return job
 
     def all(self) -> list[Job]:

@@ -26,9 +26,9 @@ queue work on it. Sockets time out, and at most ``max_connections`` are served a
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
-import math
 import re
 import secrets
 import shutil
@@ -123,6 +123,26 @@ class HTTPError(Exception):
         self.headers = dict(headers or {})
 
 
+def check_work_dir(path: Path) -> None:
+    """ValueError (one line) unless ``path`` is, or can become, a folder this process can write
+    job folders into: a file, a read-only folder or a missing parent is named as such."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=".op4ksr-probe-", dir=path)).rmdir()
+    except FileExistsError:
+        raise ValueError(f"work dir {path}: exists and is not a folder") from None
+    except OSError as exc:
+        raise ValueError(f"work dir {path}: cannot create job folders there ({exc.strerror or one_line(exc)})") from None
+
+
+def storage_error(name: str, exc: OSError) -> HTTPError:
+    """An upload the server could not store: 507 for a full disk or quota, 500 otherwise."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    status = HTTPStatus.INSUFFICIENT_STORAGE if full else HTTPStatus.INTERNAL_SERVER_ERROR
+    return HTTPError(status, f"{name}: the server cannot store the upload ({exc.strerror or one_line(exc)}); "
+                             "nothing was kept")
+
+
 def clean_name(raw: str | None) -> str:
     """A display-safe base name for an uploaded file (no folders, no control characters)."""
     text = unicodedata.normalize("NFC", raw or "")
@@ -154,7 +174,7 @@ class ServeApp:
         self.default_scale = models[self.default_model].check_scale(config.scale)  # before any thread starts
         self._own_dir = config.work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="op4ksr-serve-")) if self._own_dir else Path(config.work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        check_work_dir(self.work_dir)
         self.store = JobStore(config.keep_jobs)
         def finished(job: Job) -> None:
             self.store.evict()  # --keep-jobs holds between uploads too
@@ -171,7 +191,8 @@ class ServeApp:
         for worker in self.workers.values():
             worker.close(timeout=60)
         for job in self.store.all():
-            self.store.remove(job.id)
+            with contextlib.suppress(OSError):  # closing goes on; the work dir's own removal follows
+                self.store.remove(job.id)
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -227,7 +248,7 @@ class ServeApp:
         if worker is None:
             raise HTTPError(HTTPStatus.BAD_REQUEST, f"unknown model {label!r}; choose one of {sorted(self.workers)}")
         try:
-            factor = worker.upscaler.check_scale(int(scale) if scale is not None else self.default_scale)
+            factor = worker.upscaler.check_scale(_scale_value(scale) if scale is not None else self.default_scale)
             strength = None if fidelity is None else _fidelity_value(fidelity)
             if strength is not None and getattr(worker.upscaler.pipe, "compensation", None) is None:
                 raise ValueError(f"model {label!r} has no high-frequency compensation: fidelity does not apply")
@@ -254,6 +275,8 @@ class ServeApp:
         return job
 
     def new_upload_path(self, name: str) -> Path:
+        # recreated when gone (a /tmp cleaner removes idle folders); the next upload then works again
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         job_id = secrets.token_hex(8)
         folder = self.work_dir / job_id
         folder.mkdir()
@@ -264,7 +287,11 @@ class ServeApp:
         # cancel() and status() each hold the worker's lock: a job cannot start in between unseen.
         if not worker.cancel(job) and worker.status(job)[0] == RUNNING:
             raise HTTPError(HTTPStatus.CONFLICT, f"{job.name}: is running; it cannot be removed now")
-        self.store.remove(job.id)
+        try:
+            self.store.remove(job.id)
+        except OSError as exc:
+            raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR,
+                            f"{job.name}: its files could not be removed ({exc.strerror or one_line(exc)})") from None
 
 
 class OP4KSRServer(ThreadingHTTPServer):
@@ -343,6 +370,30 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "op4ksr-serve"
 
+    def version_string(self) -> str:
+        return self.server_version  # not the Python version (the standard library appends it)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (malformed request line, unknown method, …) as
+        the one-line JSON every other error uses, instead of its HTML page."""
+        self.close_connection = True
+        status = HTTPStatus(code)
+        self._send_json({"error": message or status.phrase}, status)
+
+    def handle_expect_100(self) -> bool:
+        """``Expect: 100-continue``: refuse what the headers already decide (host, origin,
+        length, size) with the final answer instead of inviting the body first."""
+        try:
+            self._check_request_headers()
+            if self.command == "POST":
+                self._check_origin()
+                self._declared_length(self._upload_name())
+        except HTTPError as exc:
+            self.close_connection = True  # the body was never invited: nothing to drain
+            self._send_json({"error": exc.message}, exc.status, exc.headers)
+            return False
+        return super().handle_expect_100()
+
     def setup(self) -> None:
         # socketserver applies `timeout` to the connection: every read and write, headers and body
         self.timeout = self.server.app.config.socket_timeout_s
@@ -370,15 +421,30 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch(self._delete)
 
+    def _not_allowed(self, path: str, query: dict[str, list[str]]) -> None:
+        raise HTTPError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported here",
+                        {"Allow": "GET, POST, DELETE"})
+
+    def do_HEAD(self) -> None:
+        self._dispatch(self._not_allowed)
+
+    do_OPTIONS = do_PUT = do_PATCH = do_TRACE = do_CONNECT = do_HEAD
+
     def _dispatch(self, handler: Callable[[str, dict[str, list[str]]], None]) -> None:
         url = urlsplit(self.path)
         try:
-            self._check_host()
+            self._check_request_headers()
             handler(url.path, parse_qs(url.query))
         except HTTPError as exc:
             self._send_json({"error": exc.message}, exc.status, exc.headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as exc:  # whatever broke, the client gets one JSON line, the server goes on
+            import logging
+
+            logging.getLogger("op4ksr.serve").exception("request %s failed", self.path)
+            self.close_connection = True
+            self._send_json({"error": f"internal error: {failure_reason(exc)}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
 
     # --- routes ----------------------------------------------------------------------------
     def _get(self, path: str, query: dict[str, list[str]]) -> None:
@@ -420,7 +486,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._check_origin()
         if path != "/api/jobs":
             raise HTTPError(HTTPStatus.NOT_FOUND, f"{path}: no such endpoint")
-        name = clean_name(_first(query, "name") or self.headers.get("X-Filename"))
+        name = self._upload_name()
         body_path = self._receive_upload(name)
         try:
             job = app.submit(body_path, name, _first(query, "model"), _first(query, "scale"),
@@ -446,6 +512,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(HTTPStatus.NOT_FOUND, f"{path}: no such job (finished jobs are kept only for a while)")
         return job, match.group(2)
 
+    def _check_request_headers(self) -> None:
+        """One Host and at most one Content-Length: a proxy and this server reading different
+        copies is request smuggling. Then the Host check."""
+        for header in ("Host", "Content-Length", "Transfer-Encoding"):
+            if len(self.headers.get_all(header) or []) > 1:
+                self.close_connection = True
+                raise HTTPError(HTTPStatus.BAD_REQUEST, f"more than one {header} header; refused")
+        self._check_host()
+
+    def _upload_name(self) -> str:
+        return clean_name(_first(parse_qs(urlsplit(self.path).query), "name") or self.headers.get("X-Filename"))
+
     def _check_host(self) -> None:
         """Refuse requests that do not name this server (DNS rebinding: a foreign name that
         resolves to 127.0.0.1 reaches the socket, but its Host header gives it away)."""
@@ -467,7 +545,8 @@ class _Handler(BaseHTTPRequestHandler):
         if parts.scheme != "http" or parts.netloc.lower() != (self.headers.get("Host") or "").lower():
             raise HTTPError(HTTPStatus.FORBIDDEN, f"requests from {origin} are not accepted")
 
-    def _receive_upload(self, name: str) -> Path:
+    def _declared_length(self, name: str) -> int:
+        """The upload's Content-Length, or HTTPError: malformed (400), missing (411), over the limit (413)."""
         limit = self.server.app.config.max_upload_bytes
         try:
             length = parse_content_length(self.headers.get("Content-Length"))
@@ -478,29 +557,46 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise HTTPError(HTTPStatus.LENGTH_REQUIRED, f"{name}: the upload must state its Content-Length")
         if length > limit:
-            if length <= limit + _DRAIN_SLACK_BYTES:
-                self._discard(length)
-            else:
-                self.close_connection = True
             raise HTTPError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"{name}: {length:,} bytes exceeds the upload limit of {limit:,} bytes ({limit / 2**20:.2f} MiB, "
                 "the server's --max-upload-mb)",
             )
-        path = self.server.app.new_upload_path(name)
+        return length
+
+    def _receive_upload(self, name: str) -> Path:
+        try:
+            length = self._declared_length(name)
+        except HTTPError as exc:
+            if exc.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+                declared = int(self.headers["Content-Length"].strip(" \t"))
+                if declared <= self.server.app.config.max_upload_bytes + _DRAIN_SLACK_BYTES:
+                    self._discard(declared)
+                else:
+                    self.close_connection = True
+            raise
+        remaining = length
+        try:
+            path = self.server.app.new_upload_path(name)
+        except OSError as exc:  # the work dir cannot hold a new job folder (read-only, full, …)
+            self._discard(remaining)
+            raise storage_error(name, exc) from None
         try:
             with open(path, "wb") as fh:
-                remaining = length
                 while remaining:
                     chunk = self.rfile.read(min(_CHUNK, remaining))
                     if not chunk:
                         raise HTTPError(HTTPStatus.BAD_REQUEST, f"{name}: the upload ended early")
-                    fh.write(chunk)
                     remaining -= len(chunk)
+                    fh.write(chunk)
         except TimeoutError:
             self.close_connection = True
             shutil.rmtree(path.parent, ignore_errors=True)
             raise HTTPError(HTTPStatus.REQUEST_TIMEOUT, f"{name}: the upload stalled; nothing was kept") from None
+        except OSError as exc:  # disk full, remounted read-only, folder removed while writing
+            shutil.rmtree(path.parent, ignore_errors=True)
+            self._discard(remaining)  # the client still gets its answer instead of a reset
+            raise storage_error(name, exc) from None
         except BaseException:
             self.close_connection = True
             shutil.rmtree(path.parent, ignore_errors=True)
@@ -534,20 +630,31 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
+        if self.command == "HEAD":  # a HEAD answer has headers only
+            return
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.wfile.write(body)
+
+
+# Query numbers in plain ASCII of bounded length: Python's int()/float() also take other scripts'
+# digits ("٤"), underscores, "nan"/"inf", and 5000-digit strings (with an internal error message).
+_SCALE_TEXT = re.compile(r"[0-9]{1,3}")
+_FIDELITY_TEXT = re.compile(r"[0-9]{1,3}(?:\.[0-9]{0,12})?|\.[0-9]{1,12}")
+
+
+def _scale_value(text: str) -> int:
+    if not _SCALE_TEXT.fullmatch(text):
+        raise ValueError(f"scale {text[:20]!r} is not a whole number such as 2, 3 or 4")
+    return int(text)
 
 
 def _fidelity_value(text: str) -> float:
     """A ``fidelity`` query value as a float in [0, 1], or ValueError with the accepted range."""
     from op4ksr.models.post_steps import check_post_steps
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"fidelity {text!r} is not a number from 0 to 1") from None
-    if math.isnan(value):  # NaN passes every range comparison
-        raise ValueError(f"fidelity {text!r} is not a number from 0 to 1")
+    if not _FIDELITY_TEXT.fullmatch(text):
+        raise ValueError(f"fidelity {text[:20]!r} is not a number from 0 to 1")
+    value = float(text)  # finite: the pattern has no "nan"/"inf"
     check_post_steps(None, None, value)
     return value
 

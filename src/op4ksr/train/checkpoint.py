@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,52 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from op4ksr.utils.errors import one_line
+
 CHECKPOINT_PREFIX = "step-"
+CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + "[0-9]+")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is damaged or does not fit the run; the message names the file."""
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types (truncated header, bad offsets)
+        raise CheckpointError(f"{file}: not a readable safetensors file ({one_line(exc)})") from None
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{file}: not valid JSON ({one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    return data
+
+
+def check_model_state(file: Path, state: dict[str, torch.Tensor], stage) -> None:
+    """The checkpoint's weights fit ``stage`` (every trainable tensor, each of the right shape)."""
+    try:
+        stage.check_trainable_state(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{file}: {exc}") from None
+
+
+def _check_optimizer_shapes(file: Path, name: str, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Per-parameter tensors (Adam's moments) must have their parameter's shape; a reshaped one
+    would load silently and fail at the first step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, entry in state["state"].items():
+        if not isinstance(idx, int) or not 0 <= idx < len(params):
+            raise CheckpointError(f"{file}: optimizer {name!r} has state for parameter {idx!r}, which this run lacks")
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != params[idx].shape:
+                raise CheckpointError(f"{file}: optimizer {name!r} {key} of parameter {idx} has shape "
+                                      f"{tuple(value.shape)}, the parameter's is {tuple(params[idx].shape)}")
 
 
 def _flatten_optimizer(name: str, state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -119,38 +165,79 @@ def load_checkpoint(directory: Path, *, optimizers: dict[str, torch.optim.Optimi
     for name in ("model.safetensors", "optimizer.safetensors", "state.safetensors", "state.json"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory}: incomplete checkpoint, {name} is missing")
-    model_state = load_file(str(directory / "model.safetensors"))
+    model_state = _read_tensors(directory / "model.safetensors")
     from safetensors import safe_open
 
-    with safe_open(str(directory / "optimizer.safetensors"), "pt") as fh:
-        meta = json.loads(fh.metadata()["optimizers"])
-    opt_tensors = load_file(str(directory / "optimizer.safetensors"))
+    opt_file = directory / "optimizer.safetensors"
+    opt_tensors = _read_tensors(opt_file)
+    with safe_open(str(opt_file), "pt") as fh:
+        recorded = (fh.metadata() or {}).get("optimizers")
+    try:
+        meta = json.loads(recorded) if recorded is not None else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{opt_file}: the optimizers' metadata (param groups) is missing or not JSON")
     for name, opt in optimizers.items():
         if name not in meta:
-            raise KeyError(f"{directory}: checkpoint has no state for optimizer {name!r}")
-        opt.load_state_dict(_unflatten_optimizer(name, opt_tensors, meta[name]))
-    state = json.loads((directory / "state.json").read_text())
-    for name, sched in schedulers.items():
-        sched.load_state_dict(state["schedulers"][name])
-    rng = load_file(str(directory / "state.safetensors"))
-    torch.set_rng_state(rng["torch_cpu"])
-    generator.set_state(rng.get(f"generator_rank{rank}", rng["generator"]))
-    if torch.cuda.is_available():
-        cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
-    np_state = state["numpy_rng"]
-    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-    random.setstate(_tupled(state["python_rng"]))
-    return int(state["step"]), model_state, state
+            raise CheckpointError(f"{opt_file}: no state for optimizer {name!r}")
+        try:
+            opt_state = _unflatten_optimizer(name, opt_tensors, meta[name])
+            if isinstance(opt, torch.optim.Optimizer):
+                _check_optimizer_shapes(opt_file, name, opt, opt_state)
+            opt.load_state_dict(opt_state)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(f"{opt_file}: optimizer {name!r} state does not fit this run ({one_line(exc)})") from None
+    state_file = directory / "state.json"
+    state = _read_json(state_file)
+    rng_file = directory / "state.safetensors"
+    rng = _read_tensors(rng_file)
+    try:
+        step = int(state["step"])
+        for name, sched in schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+        np_state = state["numpy_rng"]
+        np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+        random.setstate(_tupled(state["python_rng"]))
+    except KeyError as exc:
+        raise CheckpointError(f"{state_file}: entry {one_line(exc)} is missing") from None
+    except (TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise CheckpointError(f"{state_file}: a malformed entry ({one_line(exc)})") from None
+    _restore_rng(rng_file, rng, generator, rank)
+    return step, model_state, state
+
+
+def _restore_rng(file: Path, rng: dict[str, torch.Tensor], generator: torch.Generator, rank: int) -> None:
+    """RNG states must be exactly the size and dtype of the live ones (torch would fail or crash later)."""
+    key = f"generator_rank{rank}" if f"generator_rank{rank}" in rng else "generator"
+    wanted = {"torch_cpu": torch.get_rng_state(), key: generator.get_state()}
+    for name, live in wanted.items():
+        saved = rng.get(name)
+        if saved is None:
+            raise CheckpointError(f"{file}: the RNG state {name!r} is missing")
+        if saved.dtype != live.dtype or saved.shape != live.shape:
+            raise CheckpointError(f"{file}: the RNG state {name!r} has {saved.numel()} {saved.dtype} values, "
+                                  f"expected {live.numel()} {live.dtype}")
+    try:
+        torch.set_rng_state(rng["torch_cpu"])
+        generator.set_state(rng[key])
+        if torch.cuda.is_available():
+            cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+            if cuda:
+                torch.cuda.set_rng_state_all(cuda)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{file}: an RNG state torch refuses ({one_line(exc)})") from None
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and not p.name.endswith(".tmp") and (p / "state.json").is_file()]
+    # only our own names (step-0000123): a stray step-best/ or step-12.tmp/ is not a checkpoint
+    found = [p for p in root.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()
+             and (p / "state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
@@ -174,10 +261,24 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     run_dir = checkpoint.parent.parent
     if not (checkpoint / "model.safetensors").is_file() or not (checkpoint / "state.json").is_file():
         raise FileNotFoundError(f"{checkpoint}: not a checkpoint folder (model.safetensors, state.json)")
-    data = json.loads((run_dir / "config.json").read_text())
-    cfg = _build(TrainConfig, data, "")
-    validate(cfg, check_paths=False)
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: the run's config is missing")
+    try:
+        cfg = _build(TrainConfig, _read_json(config_file), "")
+        validate(cfg, check_paths=False)
+    except CheckpointError:
+        raise
+    except ValueError as exc:  # ConfigError included: the same bounds as `op4ksr train`
+        raise CheckpointError(f"{config_file}: {one_line(exc)}") from None
+    model_file = checkpoint / "model.safetensors"
+    model_state = _read_tensors(model_file)
+    state = _read_json(checkpoint / "state.json")
     stage = build_stage(cfg)
-    stage.load_trainable_state_dict(load_file(str(checkpoint / "model.safetensors")))
-    stage.load_extra_state(json.loads((checkpoint / "state.json").read_text()).get("stage", {}))
+    check_model_state(model_file, model_state, stage)
+    stage.load_trainable_state_dict(model_state)
+    try:
+        stage.load_extra_state(state.get("stage", {}))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{checkpoint / 'state.json'}: a malformed stage entry ({one_line(exc)})") from None
     return stage.export(Path(out))

@@ -7,6 +7,7 @@ key (``ConfigError``). Command-line overrides use dotted keys: ``optim.lr=1e-4``
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -335,6 +336,65 @@ def _check_losses(config: TrainConfig) -> None:
             raise ConfigError(str(exc)) from None
 
 
+# run.device: what accelerate can be told (it picks each process's GPU itself)
+RUN_DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _check_numbers(config: TrainConfig) -> None:
+    """Every float setting finite (``optim.lr=inf`` would train to NaN and export NaN weights),
+    counts that cannot be negative not negative, sizes positive."""
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                number = getattr(value, f.name)
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise ConfigError(f"{section.name}.{f.name}: {number} is not a finite number")
+    for name, weight in config.loss.weights.items():
+        if not math.isfinite(weight):
+            raise ConfigError(f"loss.{name}: {weight} is not a finite number")
+    if config.run.device not in RUN_DEVICES:
+        raise ConfigError(f"run.device: {config.run.device!r} is not one of {', '.join(RUN_DEVICES)}")
+    for key in ("run.keep_checkpoints", "data.val_images", "optim.warmup_steps", "data.num_workers",
+                "prior.latent_stats_batches"):
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) < 0:
+            raise ConfigError(f"{key}: must be 0 or positive")
+    if config.data.crop_size <= 0:
+        raise ConfigError(f"data.crop_size: {config.data.crop_size} must be positive")
+    for key in ("optim.lr", "optim.disc_lr"):
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) <= 0:
+            raise ConfigError(f"{key}: must be positive")
+    if config.optim.max_grad_norm < 0:
+        raise ConfigError("optim.max_grad_norm: must be 0 (no clipping) or positive")
+    if config.optim.weight_decay < 0 or not (0 <= config.optim.beta1 < 1 and 0 <= config.optim.beta2 < 1):
+        raise ConfigError("optim.weight_decay must be ≥ 0 and optim.beta1/beta2 in [0, 1)")
+
+
+def _check_model_overrides(config: TrainConfig) -> None:
+    """``model.overrides`` get the same size bounds as a model folder's config files, so a crafted
+    width fails here instead of allocating hundreds of GB (models/loading.CONFIG_LIMITS)."""
+    from op4ksr.models.loading import check_config_limits
+    from op4ksr.models.presets import OVERRIDE_PARTS
+    from op4ksr.utils.errors import ModelLoadError
+
+    for part, values in config.model.overrides.items():
+        if part not in OVERRIDE_PARTS:
+            raise ConfigError(f"model.overrides.{part}: not a part; known: {', '.join(OVERRIDE_PARTS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"model.overrides.{part}: expected a table of config values")
+        try:
+            check_config_limits(part, f"model.overrides.{part}", values)
+        except ModelLoadError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"run.output_dir: {output_dir} exists and is not a folder")
+
+
 def validate(config: TrainConfig, check_paths: bool = True) -> None:
     from op4ksr.models.presets import list_presets
 
@@ -355,6 +415,7 @@ def validate(config: TrainConfig, check_paths: bool = True) -> None:
         raise ConfigError(f"data.scale_range: {config.data.scale_range} must be [low, high] with 0 < low <= high <= 1")
     if config.optim.batch_size <= 0 or config.optim.grad_accum <= 0:
         raise ConfigError("optim.batch_size and optim.grad_accum must be positive")
+    _check_numbers(config)
     if config.data.crop_size % TOKEN_PERIOD:
         raise ConfigError(f"data.crop_size: {config.data.crop_size} must be a multiple of {TOKEN_PERIOD} (one DiT token)")
     _check_losses(config)
@@ -376,8 +437,10 @@ def validate(config: TrainConfig, check_paths: bool = True) -> None:
         raise ConfigError(f"sr.posterior: {config.sr.posterior!r} is not one of {', '.join(SR_POSTERIORS)}")
     if config.stage in ("prior", "sr") and not config.model.init:
         raise ConfigError(f"model.init: the {config.stage} stage needs the previous stage's model directory")
+    _check_model_overrides(config)
     if not check_paths:
         return
+    _check_output_dir(Path(config.run.output_dir))
     if not config.data.train:
         raise ConfigError("data.train: no training data given")
     for key in ("train", "val"):

@@ -79,7 +79,7 @@ def build_pack(out: str | Path, train: list[str | Path], val: list[str | Path], 
     """Write a data pack (see the module doc) and return its manifest."""
     from PIL import Image
 
-    from op4ksr.assets import cache_dir
+    from op4ksr.assets import SHA256_SUFFIX, cache_dir, is_verified_file
     from op4ksr.data.datasets import image_sources
     from op4ksr.data.imageio import read_rgb
 
@@ -105,8 +105,9 @@ def build_pack(out: str | Path, train: list[str | Path], val: list[str | Path], 
     assets = Path(assets_dir) if assets_dir is not None else cache_dir()
     (tmp / "assets").mkdir()
     for name in PACK_ASSETS:
-        if (assets / name).is_file():
-            shutil.copy2(assets / name, tmp / "assets" / name)
+        if is_verified_file(assets / name):  # with its sha256 record: the pack's cache checks it too
+            for file in (name, name + SHA256_SUFFIX):
+                shutil.copy2(assets / file, tmp / "assets" / file)
             manifest["assets"].append(name)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())

@@ -114,10 +114,15 @@ class Stage(nn.Module):
         return self.select_trainable(self.state_dict())
 
     def check_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Raise if ``state`` lacks any tensor that :meth:`trainable_state_dict` holds."""
-        missing = sorted(set(self.trainable_state_dict()) - set(state))
+        """ValueError if ``state`` lacks a tensor that :meth:`trainable_state_dict` holds, or holds
+        one of another shape (a tampered or foreign checkpoint)."""
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(state))
         if missing:
-            raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+            raise ValueError(f"lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+        for key, tensor in expected.items():
+            if tuple(state[key].shape) != tuple(tensor.shape):
+                raise ValueError(f"{key} has shape {tuple(state[key].shape)}, the model's is {tuple(tensor.shape)}")
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.check_trainable_state(state)

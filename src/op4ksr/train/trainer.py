@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 from op4ksr.train.checkpoint import (
+    CheckpointError,
+    check_model_state,
     checkpoint_dir,
     list_checkpoints,
     load_checkpoint,
@@ -121,18 +124,58 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback | None = None,
-          stop_at_step: int | None = None) -> TrainResult:
+# What a run writes into run.output_dir; ``overwrite=True`` removes these (and only these) first.
+RUN_OUTPUTS = ("config.json", "log.jsonl", "timing.jsonl", "checkpoints", "model", "samples", "tensorboard")
+
+
+def check_output_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one ``run.output_dir``: a non-empty folder needs ``resume`` (and
+    then must hold the same stage and model) or ``overwrite``. Read-only, so every process of a
+    multi-process run can call it before any of them writes."""
+    out = Path(cfg.run.output_dir)
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
+    if not out.is_dir() or not any(out.iterdir()) or overwrite:
+        return
+    if not resume:
+        raise ValueError(f"{out}: run.output_dir is not empty (an earlier run?); use --resume to continue "
+                         "that run or --overwrite to replace it")
+    recorded = out / "config.json"
+    if recorded.is_file():
+        try:
+            previous = json.loads(recorded.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{recorded}: not readable JSON ({exc}); cannot check this is the same run") from None
+        current = json.loads(json.dumps(cfg.to_dict()))
+        differing = [key for key in ("stage", "model") if not isinstance(previous, dict) or previous.get(key) != current[key]]
+        if differing:
+            raise ValueError(f"{out}: --resume continues the run recorded in {recorded}, whose "
+                             f"{' and '.join(differing)} differ from this config; use another run.output_dir")
+
+
+def _remove_run_outputs(out: Path) -> None:
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          progress: ProgressCallback | None = None, stop_at_step: int | None = None) -> TrainResult:
     """Run (or resume) the stage described by ``cfg``; export the model when ``max_steps`` is reached.
 
-    ``stop_at_step`` ends the run early *as if interrupted* (checkpoint written, no export): used to
-    test exact resume.
+    A non-empty ``run.output_dir`` needs ``resume`` (the same run) or ``overwrite`` (its run
+    outputs are removed first). ``stop_at_step`` ends the run early *as if interrupted*
+    (checkpoint written, no export): used to test exact resume.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
     out = Path(cfg.run.output_dir)
+    check_output_dir(cfg, resume=resume, overwrite=overwrite)
     _check_assets(cfg)
     accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=_use_cpu(cfg.run.device))
     _refuse_accelerate_fsdp(accelerator)
@@ -170,7 +213,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
         loaders = {k: sharding.ShardedOptimizer(stage, o) for k, o in optimizers.items()} if fsdp else optimizers
         step, model_state, state = load_checkpoint(checkpoints[-1], optimizers=loaders, schedulers=schedulers,
                                                    generator=generator, rank=rank)
-        stage.load_extra_state(state.get("stage", {}))
+        check_model_state(checkpoints[-1] / "model.safetensors", model_state, stage)
+        try:
+            stage.load_extra_state(state.get("stage", {}))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{checkpoints[-1] / 'state.json'}: a malformed stage entry ({exc})") from None
         if fsdp:
             sharding.load_full_trainable_state(stage, model_state)
         else:
@@ -186,7 +233,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
     else:
         model, optimizer = accelerator.prepare(stage, optimizer)
     device = accelerator.device
+    accelerator.wait_for_everyone()  # every rank has checked the output dir before rank 0 writes to it
     if accelerator.is_main_process:
+        if overwrite:
+            _remove_run_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     log_file = out / "log.jsonl"
@@ -253,6 +303,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
                 total += float(loss.detach()) / oc.grad_accum
                 for k, v in logs.items():
                     logs_acc[k] = logs_acc.get(k, 0.0) + v / oc.grad_accum
+            if not _finite_everywhere(accelerator, total, device):  # before the step: weights stay as checkpointed
+                raise NonFiniteLossError(f"{out}: step {step + 1}: the loss is not finite ({total}); stopped "
+                                         "before updating the weights, nothing exported (lower optim.lr, "
+                                         "check the data, or resume from the last checkpoint)")
             if oc.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, oc.max_grad_norm)
             optimizer.step()
@@ -307,6 +361,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: ProgressCallback 
         accelerator.wait_for_everyone()
     return TrainResult(output_dir=out, steps_done=step - first_step, final_step=step, interrupted=interrupted,
                        wall_seconds=time.perf_counter() - started, model_dir=model_dir, history=history)
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite."""
+
+
+def _finite_everywhere(accelerator, loss: float, device: torch.device) -> bool:
+    """Whether every rank's loss is finite (all ranks agree, so they stop together)."""
+    if accelerator.num_processes == 1:
+        return math.isfinite(loss)
+    flag = accelerator.reduce(torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=device), reduction="max")
+    return not bool(flag.item() > 0)
 
 
 def _time_is_up(accelerator, started: float, minutes: float, device: torch.device) -> bool:

@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# tempfile.mkstemp's random part: 8 characters of [a-z0-9_] (CPython's _RandomNameSequence)
+_MKSTEMP_RANDOM = "[a-z0-9_]{8}"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.stem}."
+
+
+def _temp_suffix(path: Path) -> str:
+    return f".part{path.suffix}"
+
+
+def is_temp_of(candidate: Path, path: Path) -> bool:
+    """Whether ``candidate`` is exactly a temporary :func:`atomic_path` made for ``path``
+    (``.<stem>.<8 random>.part<ext>``), not a user's file that merely looks alike."""
+    pattern = re.escape(_temp_prefix(path)) + _MKSTEMP_RANDOM + re.escape(_temp_suffix(path))
+    return candidate.parent == path.parent and re.fullmatch(pattern, candidate.name) is not None
 
 
 @contextlib.contextmanager
@@ -19,7 +38,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_temp_suffix(path), dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600; outputs get the usual permissions (0666 minus the umask).

@@ -80,6 +80,8 @@ class InspectorConfig:
     def __post_init__(self) -> None:
         if self.period < 2:
             raise ValueError(f"period must be ≥ 2 px, got {self.period}")
+        if not math.isfinite(self.threshold_db):  # NaN would flag nothing and compare as nothing
+            raise ValueError(f"threshold_db must be a finite number of dB, got {self.threshold_db}")
         if not 2 <= self.min_period <= self.max_period:
             raise ValueError(f"need 2 ≤ min_period ≤ max_period, got {self.min_period}, {self.max_period}")
 
@@ -372,7 +374,6 @@ def compare_to_reference(image: object, reference: object, report: GridReport,
     from op4ksr.losses.periodicity import periodicity_loss
 
     config = config or InspectorConfig(period=report.period)
-    reference_score = grid_score(reference, config.period, config)
 
     def as_tensor(array: object) -> torch.Tensor:
         if hasattr(array, "detach"):
@@ -385,6 +386,7 @@ def compare_to_reference(image: object, reference: object, report: GridReport,
     if image_t.shape[-2:] != reference_t.shape[-2:]:
         raise ValueError(f"reference is {reference_t.shape[-1]}×{reference_t.shape[-2]}, "
                          f"image is {image_t.shape[-1]}×{image_t.shape[-2]}: sizes must match")
+    reference_score = grid_score(reference, config.period, config)  # after the size check: its own errors are about size
     if image_t.shape[1] != reference_t.shape[1]:  # grey vs colour: compare luma
         image_t = torch.from_numpy(to_luma(image)).float()[None, None]
         reference_t = torch.from_numpy(to_luma(reference)).float()[None, None]
@@ -402,6 +404,29 @@ def save_inspection(report: GridReport, out_dir: str | os.PathLike, *, image_nam
     merged into report.json (e.g. the image path and a reference comparison). Every file is
     written atomically; an existing file is an error unless ``overwrite``.
     """
+    out = Path(out_dir)
+    if not overwrite:
+        existing = [out / name for name in _REPORT_FILES.values() if (out / name).exists()]
+        if existing:
+            raise FileExistsError(f"{existing[0]}: exists (use --overwrite to replace it)")
+    paths = {key: out / name for key, name in _REPORT_FILES.items()}
+    new_folder = not out.exists()
+    before = {key for key, path in paths.items() if path.exists()}
+    try:
+        _write_report_files(report, paths, image_name, luma, extra, overwrite)
+    except BaseException:
+        # all or nothing: a half-written report would block the rerun ("exists") without --overwrite
+        for key, path in paths.items():
+            if key not in before:
+                path.unlink(missing_ok=True)
+        if new_folder and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    return paths
+
+
+def _write_report_files(report: GridReport, paths: dict[str, Path], image_name: str, luma: np.ndarray | None,
+                        extra: dict | None, overwrite: bool) -> None:
     from op4ksr.eval.diagnostics.plots import (
         PALETTE,
         HLine,
@@ -412,12 +437,6 @@ def save_inspection(report: GridReport, out_dir: str | os.PathLike, *, image_nam
     )
     from op4ksr.utils.atomic import atomic_write_text
 
-    out = Path(out_dir)
-    if not overwrite:
-        existing = [out / name for name in _REPORT_FILES.values() if (out / name).exists()]
-        if existing:
-            raise FileExistsError(f"{existing[0]}: exists (use --overwrite to replace it)")
-    paths = {key: out / name for key, name in _REPORT_FILES.items()}
     span = max(2.0 * report.threshold_db, float(report.heatmap.max()) if report.heatmap.size else 0.0)
     tiles_h = report.heatmap.shape[0] * report.heatmap_tile
     tiles_w = report.heatmap.shape[1] * report.heatmap_tile
@@ -445,7 +464,6 @@ def save_inspection(report: GridReport, out_dir: str | os.PathLike, *, image_nam
                "outputs": {key: path.name for key, path in paths.items()}}
     atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n", overwrite=overwrite)
     atomic_write_text(paths["html"], _html_page(image_name, summary), overwrite=overwrite)
-    return paths
 
 
 _REPORT_FILES = {"heatmap": "heatmap.png", "spectrum": "spectrum.png", "harmonics": "harmonics.png",

@@ -43,7 +43,10 @@ def qtable_to_quality() -> dict[tuple[int, ...], set[int]]:
 
 
 def test_presets_match_reference_table() -> None:
-    assert available_presets() == ["light", "mild", "osediff", "s3diff"]
+    assert available_presets() == ["clean", "jpeg", "light", "mild", "osediff", "s3diff"]
+    clean, jpeg = load_preset("clean"), load_preset("jpeg")
+    assert clean.resize_modes == jpeg.resize_modes == ("bicubic",) and clean.noise_prob == jpeg.noise_prob == 0.0
+    assert clean.jpeg_prob == 0.0 and jpeg.jpeg_prob == 1.0 and jpeg.jpeg_range == (60, 60)
     o, s = load_preset("osediff"), load_preset("s3diff")
     assert o.stage1.resize_range == (0.15, 1.5) and s.stage1.resize_range == (0.3, 1.5)
     assert o.stage1.noise_range == (1.0, 30.0) and s.stage1.noise_range == (1.0, 15.0)

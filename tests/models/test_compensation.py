@@ -32,8 +32,10 @@ def test_level_factors_of_the_f16_decoder():
 
 
 def test_every_preset_has_a_matched_compensation():
-    for name in ("tiny", "compact"):
-        pipe = build_pipeline(name)
+    # compact v2 draws its pixels with SPAN (models/pixel_path.py): its compensation is off by default
+    assert build_pipeline("compact", device="meta").compensation is None
+    for name, overrides in (("tiny", {}), ("compact", {"compensation": {"enabled": True}})):
+        pipe = build_pipeline(name, overrides=overrides)
         comp = pipe.compensation
         assert comp is not None
         assert tuple(comp.config.level_channels) == tuple(reversed(pipe.vae.config.block_out_channels))
@@ -151,7 +153,8 @@ def test_flop_model_counts_every_conv_once():
 
 
 def test_planner_counts_the_compensation_only_when_it_runs():
-    pipe = build_pipeline("compact", device="meta")
+    pipe = build_pipeline("compact", device="meta",
+                          overrides={"compensation": {"enabled": True}, "pixel_path": {"enabled": False}})
     on = pipe.estimate(2048, 2048)
     assert on.compensation_flops == pytest.approx(compensation_flops(pipe.compensation, 2048, 2048))
     assert on.total_flops == pytest.approx(on.dit_flops + on.vae_flops + on.compensation_flops)

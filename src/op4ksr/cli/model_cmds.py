@@ -72,6 +72,8 @@ def info(
         ("VAE FLOPs", f"{est.vae_flops / 1e12:.1f} TFLOP"),
         ("compensation", f"{est.compensation_params:,} parameters, {est.compensation_flops / 1e12:.2f} TFLOP"
                          if est.compensation_params else "none"),
+        ("pixel path", f"{est.pixel_path_params:,} parameters, {est.pixel_path_flops / 1e12:.2f} TFLOP"
+                       if est.pixel_path_params else "none (the F16 decoder draws the output)"),
         ("weights", human_bytes(est.weights_bytes)),
         ("peak memory (est.)", human_bytes(est.peak_bytes)),
         ("  encode stage", human_bytes(est.encode_bytes)),

@@ -6,6 +6,9 @@ Estimates are analytic, from the model configs and the output size:
 - VAE FLOPs: every 3×3/1×1 convolution at the resolution it runs at (walked from the config).
 - Compensation FLOPs: every convolution of the high-frequency compensation at its level
   (:func:`op4ksr.models.compensation.compensation_flops`); zero without one or at fidelity 0.
+- Pixel path (compact v2, :mod:`op4ksr.models.pixel_path`): SPAN's convolutions at the LR size
+  and the fusion's at the latent size; the F16 decoder does not run (and without the latent
+  branch, neither do the encoder and the DiT).
 - Peak memory: weights + the largest stage's working set. A stage's working set is modelled as
   a few of its largest activations alive at once (input, output, a GroupNorm temporary); the
   constants are calibrated against measured peaks in ``benchmarks/speed.py`` (docs/PERFORMANCE.md).
@@ -43,6 +46,8 @@ class ResourceEstimate:
     decode_bytes: int
     compensation_params: int = 0
     compensation_flops: float = 0.0
+    pixel_path_params: int = 0
+    pixel_path_flops: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -50,7 +55,7 @@ class ResourceEstimate:
 
     @property
     def total_flops(self) -> float:
-        return self.dit_flops + self.vae_flops + self.compensation_flops
+        return self.dit_flops + self.vae_flops + self.compensation_flops + self.pixel_path_flops
 
     @property
     def peak_bytes(self) -> int:
@@ -139,6 +144,10 @@ GRID_FIX_TENSORS = 0.5
 # High-frequency compensation during decoding: the kept bicubic input (output-sized RGB) and this
 # many of its widest half-size activations (guide level 0, the RGB head's input and layers).
 COMPENSATION_LIVE_TENSORS = 3.0
+# Pixel path: LR-sized activations alive at SPAN's peak, in units of its feature width (the stem,
+# the running block output, the first block's output, the last block's activation, conv_2's
+# output, the 4-wide concat, conv_cat's output and a conv temporary), calibrated in benchmarks/speed.py.
+PIXEL_PATH_LIVE_CHANNELS = 11.0
 
 
 def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
@@ -168,6 +177,14 @@ def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
     grid_on = getattr(pipe.config, "grid_fix", "none") != "none"
     output_tensors = 1 + (COLOR_FIX_TENSORS if color_on else GRID_FIX_TENSORS if grid_on else 0)
     decode_bytes = int(DECODE_LIVE_TENSORS * batch * dec_max * elem + output_tensors * batch * 3 * ph * pw * 4)
+    pixel_path = getattr(pipe, "pixel_path", None)
+    pp_flops, pp_params = 0.0, 0
+    if pixel_path is not None:
+        pp_flops, pp_params, pp_bytes = _pixel_path_cost(pipe, pixel_path, ph, pw, batch, elem)
+        dec = 0.0  # the decoder does not run
+        decode_bytes = pp_bytes + int(output_tensors * batch * 3 * ph * pw * 4)
+        if not pixel_path.uses_latent:
+            enc, encode_bytes, dit_bytes, dit_flops, attention = 0.0, 0, 0, 0.0, 0.0
     comp = getattr(pipe, "compensation", None)
     comp_flops, comp_params = 0.0, 0
     if comp is not None:
@@ -184,10 +201,28 @@ def estimate_resources(pipe, height: int, width: int, *, batch: int = 1,
         height=height, width=width, batch=batch, dtype=str(dtype).replace("torch.", ""),
         vae_params=vae_params, dit_params=dit_params, token_rows=rows, token_cols=cols, text_tokens=text,
         dit_flops=dit_flops, dit_attention_flops=batch * attention, vae_flops=batch * (enc + dec),
-        weights_bytes=(vae_params + dit_params + comp_params) * elem,
+        weights_bytes=(vae_params + dit_params + comp_params + pp_params) * elem,
         encode_bytes=encode_bytes, dit_bytes=dit_bytes, decode_bytes=decode_bytes,
         compensation_params=comp_params, compensation_flops=comp_flops,
+        pixel_path_params=pp_params, pixel_path_flops=pp_flops,
     )
+
+
+def _pixel_path_cost(pipe, pixel_path, ph: int, pw: int, batch: int, elem: int) -> tuple[float, int, int]:
+    """(FLOPs, parameters incl. a blended copy at a fractional fidelity, working-set bytes) of the pixel path."""
+    from op4ksr.models.compensation import conv_flops_per_pixel
+
+    cfg = pixel_path.config
+    lr_pixels = ph * pw / cfg.upscale**2
+    branch = pixel_path.faithful
+    flops = conv_flops_per_pixel(branch.span) * lr_pixels
+    if branch.fusion is not None:
+        flops += conv_flops_per_pixel(branch.fusion) * lr_pixels / cfg.latent_factor**2
+    params = _numel(pixel_path)
+    if 0.0 < getattr(pipe, "fidelity", 1.0) < 1.0:
+        params += _numel(branch)  # the blended network is a third weight set
+    working = int(PIXEL_PATH_LIVE_CHANNELS * cfg.feature_channels * batch * lr_pixels * elem)
+    return batch * flops, params, working
 
 
 def available_bytes(device: torch.device) -> int:

@@ -147,23 +147,29 @@ def write_span_ncnn(model, folder: Path, *, drop_shuffle: bool = False, extra_by
         convs.append((name, module))
 
     conv("conv_1", model.conv_1, "scaled", "f0")
+    # The ncnn runtime needs one consumer per blob: every blob used twice goes through a Split,
+    # as in the exports (conv_1's output: the concat and block 0's two inputs).
     lines.append("Split s0 1 3 f0 f0a f0b f0c")
-    prev = "f0c"
+    x_conv, x_add = "f0c", "f0b"
     for i, block in enumerate(model.blocks):
-        conv(f"b{i}c1", block.c1_r, prev, f"b{i}o1")
+        last = i == n - 1
+        conv(f"b{i}c1", block.c1_r, x_conv, f"b{i}o1")
         lines.append(f"Swish b{i}a1 1 1 b{i}o1 b{i}s1")
-        lines.append(f"Split b{i}sp1 1 2 b{i}s1 b{i}s1a b{i}s1b")
-        conv(f"b{i}c2", block.c2_r, f"b{i}s1a", f"b{i}o2")
+        if last:  # the last block's first activation also goes to the concat
+            lines.append(f"Split b{i}sp1 1 2 b{i}s1 b{i}s1a b{i}s1b")
+        conv(f"b{i}c2", block.c2_r, f"b{i}s1a" if last else f"b{i}s1", f"b{i}o2")
         lines.append(f"Swish b{i}a2 1 1 b{i}o2 b{i}s2")
         conv(f"b{i}c3", block.c3_r, f"b{i}s2", f"b{i}o3")
         lines.append(f"Split b{i}sp3 1 2 b{i}o3 b{i}o3a b{i}o3b")
         lines.append(f"Sigmoid b{i}sig 1 1 b{i}o3b b{i}g")
         lines.append(f"BinaryOp b{i}half 1 1 b{i}g b{i}gh 0=1 1=1 2=5.000000e-01")
-        lines.append(f"BinaryOp b{i}add 2 1 b{i}o3a {prev} b{i}sum")
+        lines.append(f"BinaryOp b{i}add 2 1 b{i}o3a {x_add} b{i}sum")
         lines.append(f"BinaryOp b{i}mul 2 1 b{i}sum b{i}gh b{i}out 0=2")
-        lines.append(f"Split b{i}spo 1 2 b{i}out b{i}outa b{i}outb")
-        prev = f"b{i}outa"
-    conv("conv_2", model.conv_2, prev, "c2")
+        # consumers of the block output: the next block (conv and add) or conv_2; block 0's, the concat too
+        uses = ([f"b{i}outc"] if last else [f"b{i}outc", f"b{i}outd"]) + ([f"b{i}outb"] if i == 0 else [])
+        lines.append(f"Split b{i}spo 1 {len(uses)} b{i}out {' '.join(uses)}")
+        x_conv, x_add = f"b{i}outc", f"b{i}outd"
+    conv("conv_2", model.conv_2, x_conv, "c2")
     lines.append(f"Concat cat 4 1 f0a c2 b0outb b{n - 1}s1b cat")
     conv("conv_cat", model.conv_cat, "cat", "cc")
     conv("up", model.upsampler, "cc", "up" if not drop_shuffle else "output")
@@ -175,10 +181,17 @@ def write_span_ncnn(model, folder: Path, *, drop_shuffle: bool = False, extra_by
         blob += module.bias.detach().numpy().astype("<f4").tobytes()
     blob += extra_bytes
     param = folder / "m.param"
-    param.write_text("7767517\n" + f"{len(lines)} {len(lines) + 8}\n" + "\n".join(lines) + "\n")
+    # the header's blob count is what the ncnn runtime allocates: every layer output, exactly
+    blobs = {name for line in lines for name in _ncnn_outputs(line)}
+    param.write_text("7767517\n" + f"{len(lines)} {len(blobs)}\n" + "\n".join(lines) + "\n")
     (folder / "m.bin").write_bytes(blob)
     assert c == model.conv_1.out_channels
     return param, folder / "m.bin"
+
+
+def _ncnn_outputs(line: str) -> list[str]:
+    kind, name, n_in, n_out, *rest = line.split()
+    return rest[int(n_in): int(n_in) + int(n_out)]
 
 
 def fp16_rounded(model):

@@ -190,7 +190,7 @@ def write_span_ncnn(model, folder: Path, *, drop_shuffle: bool = False, extra_by
 
 
 def _ncnn_outputs(line: str) -> list[str]:
-    kind, name, n_in, n_out, *rest = line.split()
+    _kind, _name, n_in, n_out, *rest = line.split()
     return rest[int(n_in): int(n_in) + int(n_out)]
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from doubles import fp16_rounded, write_bad_files, write_span_ncnn
 from PIL import Image
 from skimage.data import astronaut
 
-from doubles import fp16_rounded, write_bad_files, write_span_ncnn
 from op4ksr.eval.peers import create_method
 from op4ksr.eval.peers import span_ncnn_runtime as runtime
 from op4ksr.models.span import SPAN
@@ -43,15 +43,15 @@ def _levels(array: np.ndarray) -> np.ndarray:
 def _run_runner(*args: str) -> tuple[subprocess.CompletedProcess, bool]:
     """The runner as its own process, by file path (as benchmarks/startup.py runs it); also says
     whether torch was imported in that process."""
-    code = ("import runpy, sys\n"
+    code = ("import json, runpy, sys\n"
             f"sys.argv = [{str(RUNNER)!r}, *{list(args)!r}]\n"
             "try:\n"
             f"    runpy.run_path({str(RUNNER)!r}, run_name='__main__')\n"
             "except SystemExit as exc:\n"
             "    status = exc.code\n"
             "print(json.dumps({'torch': 'torch' in sys.modules}), file=sys.stderr)\n"
-            "sys.exit(status)\n").replace("import runpy, sys", "import json, runpy, sys")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+            "sys.exit(status)\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     torch_imported = json.loads(done.stderr.strip().splitlines()[-1])["torch"]
     return done, torch_imported
 

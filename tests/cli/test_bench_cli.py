@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import skimage.data
 import torch
@@ -126,3 +128,41 @@ def test_bench_max_images_and_no_embed(syn_suite, tmp_path):
     assert [p.name for p in (out / "outputs" / "syn" / "bicubic").iterdir()] == ["astronaut.png"]
     page = (out / "report.html").read_text()
     assert "data:image" not in page and (out / "report_files" / "syn" / "astronaut" / "LR_crop.png").is_file()
+
+
+def test_bench_runs_span_and_clearreality_given_by_path(syn_suite, tmp_path):
+    """`--methods span:W,clearreality:W` (and the ncnn method when the runtime is installed): every
+    output is the converted SPAN's own result on the suite's LR, 8-bit rounded."""
+    from doubles import fp16_rounded, write_span_ncnn
+
+    from op4ksr.models.span import SPAN
+    from op4ksr.models.span_ncnn import CLEARREALITY_X4, convert_span_files, load_span_state
+
+    torch.manual_seed(2)
+    (tmp_path / "ncnn").mkdir()
+    param, blob = write_span_ncnn(fp16_rounded(SPAN(feature_channels=8, num_blocks=1, upscale=4)).eval(),
+                                  tmp_path / "ncnn")
+    weights = convert_span_files(param, blob, CLEARREALITY_X4, tmp_path / "tiny-span.safetensors")
+    methods = [f"span:{weights}", f"clearreality:{weights}"]
+    labels = ["span-tiny-span", "clearreality-tiny-span"]
+    if importlib.util.find_spec("ncnn") is not None:
+        methods.append(f"clearreality-ncnn:{param}")
+        labels.append("clearreality-ncnn-m")
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["bench", str(syn_suite), "--methods", ",".join(methods), "--metrics", "psnr_y",
+                                      "--out", str(out), "--runs", "1", "--warmup", "0", "--crop", "32"])
+    assert result.exit_code == 0, result.output
+    efficiency = list(csv.DictReader((out / "efficiency.csv").open()))
+    assert [r["method"] for r in efficiency] == labels
+    model = load_span_state(weights)
+    for image in ("astronaut", "rocket"):
+        lr = np.asarray(Image.open(syn_suite / "lr" / f"{image}.png").convert("RGB"), dtype=np.float32) / 255
+        with torch.no_grad():
+            sr = model(torch.from_numpy(lr).permute(2, 0, 1)[None])[0].clamp(0, 1).permute(1, 2, 0).numpy()
+        expected = np.round(sr * 255)
+        for label in labels:
+            written = np.asarray(Image.open(out / "outputs" / "syn" / label / f"{image}.png"), dtype=np.float64)
+            assert written.shape == expected.shape
+            assert np.abs(written - expected).max() <= 1, (label, image)
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["metric"] for r in summary] == ["psnr_y"] and all(float(summary[0][label]) > 5 for label in labels)

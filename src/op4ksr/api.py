@@ -88,7 +88,7 @@ class Upscaler:
         self.load_seconds = time.perf_counter() - started  # imports of the model code included
         # None keeps the model's own setting (model_index.json); a value overrides it per call:
         # color_fix "none"/"wavelet"/"adain", grid_fix "none"/"notch", fidelity 0–1 (the
-        # high-frequency compensation's strength: 0 = the decoder alone, 1 = full).
+        # pixel-path blend: 0 = perceptual end, 1 = faithful end; or the compensation's strength).
         self.color_fix = color_fix
         self.grid_fix = grid_fix
         self.fidelity = fidelity
@@ -112,7 +112,7 @@ class Upscaler:
     def upscale_data(self, data: ImageData, scale: int = 4, *, tiled: bool = False,
                      fidelity: float | None = None) -> ImageData:
         """Upscale pixels and alpha by ``scale``; metadata and kind carry over unchanged.
-        ``fidelity`` overrides this upscaler's (and the model's) compensation strength."""
+        ``fidelity`` overrides this upscaler's (and the model's) fidelity."""
         import torch
         import torch.nn.functional as F
 
@@ -227,7 +227,9 @@ def upscale(
 ) -> Image.Image:
     """Upscale one image (PIL, numpy or path) → PIL image of the same kind, ``scale``× larger.
 
-    ``fidelity`` (0–1) sets the high-frequency compensation's strength (``None``: the model's).
+    ``fidelity`` (0–1): 0 = the perceptual end, 1 = the faithful end of the compact model's pixel
+    path (between: the blend of the two networks); for a decoder model the high-frequency
+    compensation's strength. ``None``: the model's.
 
     ``model``: ``None`` (bundled compact), a model folder, or a loaded pipeline / :class:`Upscaler`
     (pass one of those for repeated calls: a name is loaded again on every call).

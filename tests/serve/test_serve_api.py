@@ -370,6 +370,6 @@ def test_fidelity_is_checked_and_refused_for_models_without_compensation(serve_f
     status, doc = post_image(running.url, png_bytes(8, 8), fidelity="2")
     assert status == 400 and "fidelity" in doc["error"]
     status, doc = post_image(running.url, png_bytes(8, 8), fidelity="0.5")
-    assert status == 400 and "has no high-frequency compensation" in doc["error"]
+    assert status == 400 and "has no fidelity knob" in doc["error"]
     info = json.loads(call("GET", running.url + "api/info")[2])
     assert info["models"][0]["fidelity"] is None

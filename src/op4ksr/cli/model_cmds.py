@@ -97,7 +97,7 @@ def export(
     dtype: str = typer.Option("fp16", "--dtype", help="Storage dtype: fp16 (half the size), bf16 or fp32."),
     color_fix: str = typer.Option(None, "--color-fix", help="Set the model's default colour anchoring: none, wavelet, adain."),
     grid_fix: str = typer.Option(None, "--grid-fix", help="Set the model's default token-grid fix: none, notch."),
-    fidelity: float = typer.Option(None, "--fidelity", help="Set the model's default compensation strength (0–1)."),
+    fidelity: float = typer.Option(None, "--fidelity", help="Set the model's default fidelity (0–1: perceptual … faithful end, or the compensation strength)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
 ) -> None:
     """Copy a model directory (or a training checkpoint) with its weights stored in another dtype (for shipping)."""

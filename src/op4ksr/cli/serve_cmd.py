@@ -92,18 +92,30 @@ def serve(
     if host not in _LOOPBACK:
         typer.echo("warning: listening beyond this computer; anyone who can reach it can use it (no authentication)",
                    err=True)
-    # `kill` (SIGTERM) stops as cleanly as Ctrl-C: the temporary folder is removed either way.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # `kill` (SIGTERM) and Ctrl-C stop the serving loop from a helper thread instead of raising
+    # KeyboardInterrupt at an arbitrary point: raised inside a connection's thread start, it was
+    # swallowed by socketserver's error handler (and released the connection slot twice), and the
+    # server kept running. The temporary folder is removed either way.
+    stop = _stopper(server)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
+        typer.echo("op4ksr: stopping", err=True)
+    except KeyboardInterrupt:  # a signal before the handlers were set
         typer.echo("op4ksr: stopping", err=True)
     finally:
         server.server_close()
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+def _stopper(server: Any):
+    """A signal handler that ends ``server.serve_forever`` (shutdown must run in another thread)."""
+    import threading
+
+    def stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=server.shutdown, name="op4ksr-serve-stop", daemon=True).start()
+
+    return stop
 
 
 def _display_label(model: str) -> str:

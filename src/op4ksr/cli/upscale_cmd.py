@@ -86,8 +86,9 @@ def upscale(
     ] = None,
     fidelity: Annotated[
         float | None,
-        typer.Option("--fidelity", help="High-frequency compensation from the input: 0 = the decoder alone "
-                                        "(more generative), 1 = full (most faithful; default: the model's)."),
+        typer.Option("--fidelity", help="0 = the perceptual end (sharpest), 1 = the faithful end (closest to the "
+                                        "input), between = the blend of the two networks; for a decoder model the "
+                                        "compensation's strength (default: the model's)."),
     ] = None,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse inputs with more pixels (decompression-bomb limit).")

@@ -118,6 +118,11 @@ class OP4KSRPipeline(ConfigPipeline):
         return float(getattr(self.config, "fidelity", 1.0))
 
     @property
+    def has_fidelity_knob(self) -> bool:
+        """Whether ``fidelity`` changes anything: a compensation part or a two-end pixel path."""
+        return self.compensation is not None or self.pixel_path is not None
+
+    @property
     def pad_multiple(self) -> int:
         """Output pixels per token side: VAE factor (16) × packing (2) = 32."""
         return self.vae.spatial_factor * PATCH

@@ -203,9 +203,9 @@ class ServeApp:
                 {"name": label, "native_scale": w.upscaler.native_scale,
                  "device": str(getattr(w.upscaler.pipe, "device", "")),
                  "scales": list(range(2, w.upscaler.native_scale + 1)),
-                 # the high-frequency compensation's default strength; None: the model has none
+                 # the model's default fidelity (compensation strength or pixel-path blend); None: no knob
                  "fidelity": (float(getattr(w.upscaler.pipe.config, "fidelity", 1.0))
-                              if getattr(w.upscaler.pipe, "compensation", None) is not None else None)}
+                              if getattr(w.upscaler.pipe, "has_fidelity_knob", False) else None)}
                 for label, w in self.workers.items()
             ],
             "default_model": self.default_model,
@@ -250,8 +250,9 @@ class ServeApp:
         try:
             factor = worker.upscaler.check_scale(_scale_value(scale) if scale is not None else self.default_scale)
             strength = None if fidelity is None else _fidelity_value(fidelity)
-            if strength is not None and getattr(worker.upscaler.pipe, "compensation", None) is None:
-                raise ValueError(f"model {label!r} has no high-frequency compensation: fidelity does not apply")
+            if strength is not None and not getattr(worker.upscaler.pipe, "has_fidelity_knob", False):
+                raise ValueError(f"model {label!r} has no fidelity knob (no compensation or pixel path): "
+                                 "fidelity does not apply")
             with open_checked(body_path, self.config.max_pixels) as image:
                 width, height = image.size
             # The planner's estimate, before queueing: refuse early rather than fail after a wait.

@@ -40,7 +40,7 @@ function fillScales() {
   const previous = Number(scaleSelect.value) || info.default_scale;
   scaleSelect.replaceChildren(...model.scales.map((s) => new Option(`×${s}`, String(s))));
   scaleSelect.value = String(model.scales.includes(previous) ? previous : model.native_scale);
-  // The fidelity slider only for models with a high-frequency compensation part.
+  // The fidelity slider only for models with a knob (a compensation part or a two-end pixel path).
   $("fidelity-label").hidden = model.fidelity === null || model.fidelity === undefined;
   if (!$("fidelity-label").hidden) {
     $("fidelity").value = String(model.fidelity);

@@ -177,7 +177,7 @@ def test_convert_hf_cache_snapshot_then_upscale_info_and_train_init(hub, tmp_pat
     from op4ksr.train.config import load_config
     from op4ksr.train.stages import SRStage
 
-    (tmp_path / "c.toml").write_text('stage = "sr"\n[model]\npreset = "tiny"\n[loss]\nmse = 1.0\n'
+    (tmp_path / "c.toml").write_text('stage = "sr"\n[model]\npreset = "tiny"\n[loss]\nmse = 1.0\nlpips = 0.0\n'
                                      "[sr]\nlora_rank = 2\nlora_alpha = 2\n")
     cfg = load_config(tmp_path / "c.toml", [f'data.train=["{tmp_path}"]', f'model.init="{out}"'])
     stage = SRStage(cfg)

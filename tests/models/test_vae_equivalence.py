@@ -58,6 +58,8 @@ def _reference(diffusers, config: dict):
     """diffusers' AutoencoderKL with the same config; for stride 2 with UltraFlux's two changes."""
     config = dict(config)
     stride = config.pop("stride")
+    # op4ksr writes the F16 tail's kind explicitly; the bundled (plain-tail) VAE is the reference here
+    assert not config.pop("partitioned_decode", False)
     for key in ("_class_name", "_diffusers_version"):
         config.pop(key, None)
     ref = diffusers.AutoencoderKL(**config)

@@ -11,7 +11,7 @@ from op4ksr.train.stages import SRStage
 
 def _config(tmp_path, photo_dir, init, *overrides):
     path = tmp_path / "c.toml"
-    path.write_text('stage = "sr"\n[model]\npreset = "tiny"\n[loss]\nmse = 1.0\nvae_align = 5.0\n'
+    path.write_text('stage = "sr"\n[model]\npreset = "tiny"\n[loss]\nmse = 1.0\nvae_align = 5.0\nlpips = 0.0\n'
                     "[sr]\nlora_rank = 2\nlora_alpha = 2\n")
     return load_config(path, [f'data.train=["{photo_dir}"]', f'model.init="{init}"', *overrides])
 
@@ -110,6 +110,7 @@ def test_training_from_a_bf16_dit_checkpoints_resumes_and_exports_bf16(tmp_path,
             f'data.train=["{photo_dir / "astronaut.png"}"]', "data.crop_size=64", f'run.output_dir="{out}"',
             "run.max_steps=4", "run.checkpoint_every=2", "run.validate_every=1000", "run.log_every=1",
             "optim.lr=2e-3", "optim.warmup_steps=1", "optim.batch_size=1", "loss.mse=1.0", "loss.vae_align=5.0",
+            "loss.lpips=0.0",
             "sr.lora_rank=2", "sr.lora_alpha=2", "sr.compensation=false",
         ])
 

@@ -139,25 +139,12 @@ class OP4KSRPipeline(ConfigPipeline):
     def upsample_and_pad(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Bicubic ×scale, then pad right/bottom to a multiple of 32; returns the padded batch and (H, W)."""
         x = F.interpolate(images, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
-        height, width = x.shape[-2:]
-        m = self.pad_multiple
-        ph, pw = (-height) % m, (-width) % m
-        if ph or pw:
-            # reflect needs the pad to be smaller than the side; tiny inputs fall back to replicate
-            mode = "reflect" if ph < height and pw < width else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return x, (height, width)
+        return _pad_right_bottom(x, self.pad_multiple), tuple(x.shape[-2:])
 
     def pad_lr(self, images: torch.Tensor) -> torch.Tensor:
         """The LR padded right/bottom to a multiple of the token grid ÷ scale (8 px), so that its
         ×scale output and the latent line up with the token grid (the pixel path's input)."""
-        m = self.pad_multiple // self.scale
-        height, width = images.shape[-2:]
-        ph, pw = (-height) % m, (-width) % m
-        if ph or pw:
-            mode = "reflect" if ph < height and pw < width else "replicate"
-            images = F.pad(images, (0, pw, 0, ph), mode=mode)
-        return images
+        return _pad_right_bottom(images, self.pad_multiple // self.scale)
 
     def lr_latent(self, images: torch.Tensor) -> LRLatent:
         """Step 1, shared by inference, training and the diagnostics: LR [B, 3, h, w] in [0, 1] →
@@ -343,6 +330,16 @@ def check_fidelity(fidelity: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"fidelity must be in [0, 1] (0 = the decoder alone, 1 = full compensation), got {fidelity}")
     return value
+
+
+def _pad_right_bottom(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x`` padded right/bottom to a multiple of ``multiple``: reflect, or replicate where the pad
+    is not smaller than the side (reflect's limit; tiny inputs)."""
+    height, width = x.shape[-2:]
+    ph, pw = (-height) % multiple, (-width) % multiple
+    if not (ph or pw):
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < height and pw < width else "replicate")
 
 
 def _gaussian_window(size: int, rel_sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

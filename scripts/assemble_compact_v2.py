@@ -35,9 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     if not 0.0 <= args.wise <= 1.0 or not 0.0 <= args.fidelity <= 1.0:
         parser.error("--wise and --fidelity must be in [0, 1]")
 
-    from op4ksr.assets import asset_path
     from op4ksr.models.loading import export_pipeline, from_pretrained
-    from op4ksr.models.span_ncnn import load_span_state
+    from op4ksr.models.span_ncnn import load_span_weights
 
     with tempfile.TemporaryDirectory(prefix="op4ksr-v2-") as tmp:
         source = args.model
@@ -47,8 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             from op4ksr.train.checkpoint import export_checkpoint
 
             pipe = from_pretrained(export_checkpoint(source, Path(tmp) / "m"))
-    spec = args.span
-    span = load_span_state(asset_path(spec) if not spec.endswith(".safetensors") else asset_path("span-x4", spec))
+    span = load_span_weights(args.span)
     official = {f"span.{k}": v for k, v in span.state_dict().items()}
     faithful = pipe.pixel_path.faithful
     with torch.no_grad():

